@@ -1,0 +1,182 @@
+"""Store plumbing: the engine for sqlite:/// or mysql:// URLs, the table definitions, migrations."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; MySQL gets BIGINT.
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+users = sa.Table(
+    "user",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("mobile", sa.String(20), nullable=False, unique=True),
+    sa.Column("passwd", sa.String(255), nullable=False),
+    sa.Column("nickname", sa.String(64), nullable=False, default=""),
+    sa.Column("avatar", sa.String(255), nullable=False, default=""),
+    sa.Column("sex", sa.String(1), nullable=False, default="U"),
+    sa.Column("memo", sa.String(255), nullable=False, default=""),
+    sa.Column("createat", sa.BigInteger, nullable=False),
+)
+
+sessions = sa.Table(
+    "session",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("userid", sa.BigInteger, nullable=False, index=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("createat", sa.BigInteger, nullable=False),
+    sa.Column("expireat", sa.BigInteger, nullable=False),
+)
+
+CATE_FRIEND = 1
+CATE_MEMBER = 2
+
+contacts = sa.Table(
+    "contact",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("ownerid", sa.BigInteger, nullable=False),
+    sa.Column("dstobj", sa.BigInteger, nullable=False),
+    sa.Column("cate", sa.SmallInteger, nullable=False),
+    sa.Column("memo", sa.String(255), nullable=False, default=""),
+    sa.Column("createat", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("ownerid", "cate", "dstobj", name="uq_contact_owner_cate_dst"),
+    sa.Index("ix_contact_dst_cate", "dstobj", "cate"),
+)
+
+communities = sa.Table(
+    "community",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(30), nullable=False),
+    sa.Column("ownerid", sa.BigInteger, nullable=False, index=True),
+    sa.Column("icon", sa.String(255), nullable=False, default=""),
+    sa.Column("cate", sa.SmallInteger, nullable=False, default=0),
+    sa.Column("memo", sa.String(255), nullable=False, default=""),
+    sa.Column("createat", sa.BigInteger, nullable=False),
+)
+
+# A conversation is a friend pair (kind 10, a < b) or a community (kind 11, a = id, b = 0).
+conversations = sa.Table(
+    "conversation",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    sa.Column("a", sa.BigInteger, nullable=False),
+    sa.Column("b", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, default=0),
+    sa.UniqueConstraint("kind", "a", "b", name="uq_conversation_key"),
+)
+
+messages = sa.Table(
+    "message",
+    metadata,
+    sa.Column("mid", Id, primary_key=True, autoincrement=True),
+    sa.Column("conv_id", sa.BigInteger, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("sender", sa.BigInteger, nullable=False),
+    sa.Column("client_id", sa.String(64), nullable=True),
+    sa.Column("createat", sa.BigInteger, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.UniqueConstraint("conv_id", "seq", name="uq_message_conv_seq"),
+    sa.UniqueConstraint("sender", "client_id", name="uq_message_sender_client"),
+)
+
+readmarks = sa.Table(
+    "readmark",
+    metadata,
+    sa.Column("userid", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("conv_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("read_seq", sa.BigInteger, nullable=False, default=0),
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def is_mysql(engine: AsyncEngine | AsyncConnection) -> bool:
+    return engine.dialect.name == "mysql"
+
+
+def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for the user's plain URL; lanchat picks the driver."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(f"sqlite+aiosqlite:///{path}", **kwargs)
+        _sqlite_transactions(engine)
+        return engine
+    if url.startswith("mysql://"):
+        parts = urlsplit(url)
+        query = parts.query + ("&" if parts.query else "") + "charset=utf8mb4"
+        driver_url = f"mysql+aiomysql://{parts.netloc}{parts.path}?{query}"
+        return create_async_engine(driver_url, pool_recycle=3600, pool_pre_ping=True, **kwargs)
+    raise ValueError(f"unsupported database URL scheme in {safe_url(url)}")
+
+
+def _sqlite_transactions(engine: AsyncEngine) -> None:
+    """WAL, a busy timeout, and BEGIN IMMEDIATE so writers serialise instead of deadlocking."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest migration, holding a lock so nodes starting together agree."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+
+    def _run(sync_conn: Connection) -> None:
+        config.attributes["connection"] = sync_conn
+        command.upgrade(config, "head")
+
+    async with engine.connect() as conn:
+        if is_mysql(engine):
+            got = (await conn.execute(sa.text("SELECT GET_LOCK('lanchat_schema', 120)"))).scalar()
+            if got != 1:
+                raise RuntimeError("timed out waiting for another node's schema upgrade")
+        try:
+            await conn.run_sync(_run)
+            await conn.commit()
+        finally:
+            if is_mysql(engine):
+                await conn.execute(sa.text("SELECT RELEASE_LOCK('lanchat_schema')"))
+    log.info("schema is up to date")

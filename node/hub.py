@@ -1,0 +1,265 @@
+"""Hub: the node's live connections, their bounded outbound queues, and friend/group sets."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from .packets import Packet, Route
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_SLOW = 1013
+
+Loader = Callable[[int], Awaitable[tuple[list[int], list[int]]]]
+
+
+class Conn:
+    """One WebSocket of one user. send() never waits: frames go to a bounded queue that the
+    connection's own writer task (ws.sendproc) drains.
+
+    Overflow policy: when the queue holds max_frames frames or max_bytes bytes, the
+    connection is closed with 1013 and its queue dropped. Nothing is lost by this: every
+    frame in it is a stored message (or a notice) that the client fetches by seq when it
+    reconnects. Nobody else ever waits for a slow connection.
+    """
+
+    __slots__ = (
+        "close_code",
+        "close_reason",
+        "id",
+        "max_bytes",
+        "max_frames",
+        "nbytes",
+        "on_close",
+        "queue",
+        "token_hash",
+        "user",
+        "wake",
+    )
+
+    def __init__(self, cid: str, user: int, token_hash: str, max_frames: int, max_bytes: int):
+        self.id = cid
+        self.user = user
+        self.token_hash = token_hash
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.queue: deque[bytes] = deque()
+        self.nbytes = 0
+        self.wake = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.on_close: Callable[[int], None] | None = None
+
+    def send(self, data: bytes) -> None:
+        if self.close_code is not None:
+            return
+        if len(self.queue) >= self.max_frames or self.nbytes + len(data) > self.max_bytes:
+            log.warning("conn=%s user=%s outbound queue full, closing 1013", self.id, self.user)
+            self.queue.clear()
+            self.nbytes = 0
+            self.close(CLOSE_TOO_SLOW, "too slow")
+            return
+        self.queue.append(data)
+        self.nbytes += len(data)
+        self.wake.set()
+
+    def take(self) -> bytes | None:
+        if not self.queue:
+            return None
+        data = self.queue.popleft()
+        self.nbytes -= len(data)
+        return data
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the writer task to close the socket with this code."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self.wake.set()
+            if self.on_close is not None:
+                self.on_close(code)
+
+
+def event_frame(event: str, dstid: int, **extra: Any) -> bytes:
+    return orjson.dumps({"cmd": 30, "event": event, "dstid": dstid, **extra})
+
+
+class Hub:
+    """Live connections by user, each local user's friends and communities, and each
+    community's locally connected members (the fan-out index)."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.conns: dict[int, set[Conn]] = {}
+        self.friends: dict[int, set[int]] = {}
+        self.groups: dict[int, set[int]] = {}
+        self.members: dict[int, set[int]] = {}
+        self._loading: dict[int, asyncio.Future[None]] = {}
+        self._pending: dict[int, list[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+
+    # ---- connections ---------------------------------------------------------------------
+
+    def new_conn(self, user: int, token_hash: str, max_frames: int, max_bytes: int) -> Conn:
+        return Conn(f"{self.node_id}/{next(self._ids)}", user, token_hash, max_frames, max_bytes)
+
+    async def attach(self, conn: Conn, loader: Loader) -> None:
+        """Register a connection; the first one of a user loads its friend and group sets."""
+        uid = conn.user
+        self.conns.setdefault(uid, set()).add(conn)
+        if uid in self.friends:
+            return
+        waiting = self._loading.get(uid)
+        if waiting is not None:
+            await asyncio.shield(waiting)
+            if uid not in self.friends:
+                raise RuntimeError("loading the user's contacts failed")
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loading[uid] = done
+        self._pending[uid] = []
+        try:
+            friends, groups = await loader(uid)
+            pending = self._pending.pop(uid)
+            if uid in self.conns:
+                self.friends[uid] = set(friends)
+                self.groups[uid] = set(groups)
+                for cid in groups:
+                    self.members.setdefault(cid, set()).add(uid)
+                for change in pending:
+                    self._apply_sets(change)
+        finally:
+            del self._loading[uid]
+            self._pending.pop(uid, None)
+            done.set_result(None)
+
+    def detach(self, conn: Conn) -> None:
+        uid = conn.user
+        mine = self.conns.get(uid)
+        if mine is None:
+            return
+        mine.discard(conn)
+        if mine:
+            return
+        del self.conns[uid]
+        self.friends.pop(uid, None)
+        for cid in self.groups.pop(uid, ()):
+            local = self.members.get(cid)
+            if local is not None:
+                local.discard(uid)
+                if not local:
+                    del self.members[cid]
+
+    def online(self, uid: int) -> bool:
+        return uid in self.conns
+
+    def connection_count(self) -> int:
+        return sum(len(c) for c in self.conns.values())
+
+    def all_conns(self) -> list[Conn]:
+        return [c for conns in self.conns.values() for c in conns]
+
+    # ---- authorisation from the sets -----------------------------------------------------
+
+    def is_friend(self, uid: int, other: int) -> bool:
+        return other in self.friends.get(uid, ())
+
+    def is_member(self, uid: int, cid: int) -> bool:
+        return cid in self.groups.get(uid, ())
+
+    # ---- delivery ------------------------------------------------------------------------
+
+    def route(self, packet: Packet) -> None:
+        """Deliver to local connections only; never awaits a client."""
+        if packet.route is Route.USERS:
+            for uid in packet.targets:
+                self.send_user(uid, packet.payload, packet.exclude)
+        elif packet.route is Route.GROUP:
+            for uid in tuple(self.members.get(packet.targets[0], ())):
+                self.send_user(uid, packet.payload, packet.exclude)
+        elif packet.route is Route.STATE:
+            self.apply(orjson.loads(packet.payload))
+
+    def send_user(self, uid: int, data: bytes, exclude: str = "") -> None:
+        for conn in tuple(self.conns.get(uid, ())):
+            if conn.id != exclude:
+                conn.send(data)
+
+    # ---- state changes -------------------------------------------------------------------
+
+    def apply(self, change: dict[str, Any]) -> None:
+        """Update the sets and tell the local users concerned (cmd 30), or end sessions."""
+        kind = change.get("type")
+        if kind == "session_revoked":
+            for conn in tuple(self.conns.get(change["userid"], ())):
+                if conn.token_hash == change["token_hash"]:
+                    conn.close(CLOSE_POLICY, "session ended")
+            return
+        self._apply_sets(change)
+        if kind in ("friend_added", "friend_removed"):
+            a, b = change["a"], change["b"]
+            self.send_user(a, event_frame(kind, b))
+            self.send_user(b, event_frame(kind, a))
+        elif kind in ("community_created", "community_joined", "community_left"):
+            uid, cid = change["userid"], change["dstid"]
+            frame = event_frame(kind, cid, userid=uid)
+            self.send_user(uid, frame)
+            for member in tuple(self.members.get(cid, ())):
+                if member != uid:
+                    self.send_user(member, frame)
+        elif kind == "profile_updated":
+            uid = change["userid"]
+            frame = event_frame(kind, uid, userid=uid)
+            self.send_user(uid, frame)
+            for other, friends in tuple(self.friends.items()):
+                if uid in friends:
+                    self.send_user(other, frame)
+
+    def _apply_sets(self, change: dict[str, Any]) -> None:
+        kind = change.get("type")
+        if kind in ("friend_added", "friend_removed"):
+            pairs = ((change["a"], change["b"]), (change["b"], change["a"]))
+            for uid, other in pairs:
+                if self._defer(uid, change):
+                    continue
+                friends = self.friends.get(uid)
+                if friends is not None:
+                    (friends.add if kind == "friend_added" else friends.discard)(other)
+        elif kind in ("community_created", "community_joined", "community_left"):
+            uid, cid = change["userid"], change["dstid"]
+            if change.get("deleted"):
+                self.members.pop(cid, None)
+                for groups in self.groups.values():
+                    groups.discard(cid)
+            if self._defer(uid, change):
+                return
+            mine = self.groups.get(uid)
+            if mine is None:
+                return
+            if kind == "community_left":
+                mine.discard(cid)
+                local = self.members.get(cid)
+                if local is not None:
+                    local.discard(uid)
+                    if not local:
+                        del self.members[cid]
+            else:
+                mine.add(cid)
+                self.members.setdefault(cid, set()).add(uid)
+
+    def _defer(self, uid: int, change: dict[str, Any]) -> bool:
+        """A user whose sets are being loaded gets the change applied after the load."""
+        pending = self._pending.get(uid)
+        if pending is None:
+            return False
+        pending.append(change)
+        return True

@@ -1,0 +1,26 @@
+"""Typed application keys: where the app factory puts each shared object."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .hub import Hub
+    from .limits import FailureWindow
+    from .messages import Writer
+    from .node import Node
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", AsyncEngine)
+HUB: web.AppKey[Hub] = web.AppKey("hub")
+BUS: web.AppKey[Bus] = web.AppKey("bus")
+NODE: web.AppKey[Node] = web.AppKey("node")
+WRITER: web.AppKey[Writer] = web.AppKey("writer")
+LOGIN_FAILS_MOBILE: web.AppKey[FailureWindow] = web.AppKey("login_fails_mobile")
+LOGIN_FAILS_ADDR: web.AppKey[FailureWindow] = web.AppKey("login_fails_addr")

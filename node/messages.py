@@ -1,0 +1,348 @@
+"""Message store: the grouped writer that commits, numbers and acks messages, and the reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .db import conversations, messages, now_ms, readmarks
+from .dispatch import CMD_SINGLE, Chat, ack_frame, conversation_key, delivered, error_frame
+from .hub import Conn
+from .node import Node
+from .packets import Packet, Route
+from .store import ensure_conversation, new_id
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+RETRIES = 3
+
+
+@dataclass(slots=True)
+class Pending:
+    chat: Chat
+    conn: Conn
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    mid: int
+    seq: int
+    createat: int
+    fresh: bool  # False: a resend of a message stored before
+
+
+class Writer:
+    """Commits messages in groups without a timer: while one commit runs, new messages queue;
+    the next commit takes all of them in one transaction. A lone message waits for no batch,
+    a burst costs one commit. Each message is acked and delivered only after its commit.
+    """
+
+    def __init__(self, engine: AsyncEngine, node: Node) -> None:
+        self.engine = engine
+        self.node = node
+        self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._convs: dict[tuple[int, int, int], int] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="message-writer")
+
+    def submit(self, pending: Pending) -> None:
+        self._queue.put_nowait(pending)
+
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    async def close(self) -> None:
+        """Commit everything already submitted, then stop."""
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        try:
+            results = await self._store_with_retry(batch)
+        except (DBAPIError, OSError) as exc:
+            log.warning("storing %d messages failed: %s", len(batch), exc)
+            for pending in batch:
+                pending.conn.send(
+                    error_frame(
+                        "unavailable",
+                        "the message was not stored; send it again",
+                        pending.chat.frame_id,
+                    )
+                )
+            return
+        except Exception:
+            log.exception("storing %d messages failed", len(batch))
+            for pending in batch:
+                pending.conn.send(
+                    error_frame("internal", "the message was not stored", pending.chat.frame_id)
+                )
+            return
+        for pending, stored in zip(batch, results, strict=True):
+            chat, conn = pending.chat, pending.conn
+            if stored.fresh:
+                frame = delivered(chat.fields, stored.mid, stored.seq, stored.createat)
+                payload = orjson.dumps(frame)
+                if chat.cmd == CMD_SINGLE:
+                    packet = Packet(Route.USERS, (chat.dstid, conn.user), payload, conn.id)
+                else:
+                    packet = Packet(Route.GROUP, (chat.dstid,), payload, conn.id)
+                self.node.emit(packet)
+            conn.send(ack_frame(chat.frame_id, stored.mid, stored.seq, stored.createat))
+
+    async def _store_with_retry(self, batch: list[Pending]) -> list[Stored]:
+        for attempt in range(RETRIES):
+            try:
+                async with self.engine.begin() as conn:
+                    return await self._store(conn, batch)
+            except IntegrityError:
+                # Another node stored the same (sender, id) or created the same conversation
+                # meanwhile; the next attempt sees its row.
+                self._convs.clear()
+                if attempt == RETRIES - 1:
+                    raise
+            except DBAPIError as exc:
+                if not _is_deadlock(exc) or attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _store(self, conn: AsyncConnection, batch: list[Pending]) -> list[Stored]:
+        known = await _known_resends(conn, batch)
+        first_of: dict[tuple[int, str], int] = {}
+        fresh: list[int] = []  # indexes into batch of messages to insert
+        for i, pending in enumerate(batch):
+            if pending.chat.client_id is not None:
+                key = (pending.conn.user, pending.chat.client_id)
+                if key in known or key in first_of:
+                    continue
+                first_of[key] = i
+            fresh.append(i)
+        per_conv: dict[int, list[int]] = {}
+        for i in fresh:
+            conv_id = await self._conversation(conn, conversation_key(batch[i].chat))
+            per_conv.setdefault(conv_id, []).append(i)
+        createat = now_ms()
+        out: dict[int, Stored] = {}
+        for conv_id in sorted(per_conv):  # one lock order everywhere: no deadlocks
+            items = per_conv[conv_id]
+            await conn.execute(
+                conversations.update()
+                .where(conversations.c.id == conv_id)
+                .values(last_seq=conversations.c.last_seq + len(items))
+            )
+            last = (
+                await conn.execute(
+                    sa.select(conversations.c.last_seq).where(conversations.c.id == conv_id)
+                )
+            ).scalar_one()
+            for seq, i in enumerate(items, start=int(last) - len(items) + 1):
+                chat = batch[i].chat
+                body = {k: v for k, v in chat.fields.items()}
+                result = await conn.execute(
+                    messages.insert().values(
+                        conv_id=conv_id,
+                        seq=seq,
+                        sender=batch[i].conn.user,
+                        client_id=chat.client_id,
+                        createat=createat,
+                        body=orjson.dumps(body).decode(),
+                    )
+                )
+                out[i] = Stored(new_id(result), seq, createat, True)
+        results: list[Stored] = []
+        for i, pending in enumerate(batch):
+            if i in out:
+                results.append(out[i])
+                continue
+            assert pending.chat.client_id is not None
+            key = (pending.conn.user, pending.chat.client_id)
+            earlier = known.get(key) or out[first_of[key]]
+            results.append(Stored(earlier.mid, earlier.seq, earlier.createat, False))
+        return results
+
+    async def _conversation(self, conn: AsyncConnection, key: tuple[int, int, int]) -> int:
+        conv_id = self._convs.get(key)
+        if conv_id is None:
+            conv_id, _ = await ensure_conversation(conn, key)
+            if len(self._convs) > 100_000:
+                self._convs.clear()
+            self._convs[key] = conv_id
+        return conv_id
+
+
+def _is_deadlock(exc: DBAPIError) -> bool:
+    code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+    return code in (1205, 1213) or "database is locked" in str(exc.orig)
+
+
+async def _known_resends(
+    conn: AsyncConnection, batch: Sequence[Pending]
+) -> dict[tuple[int, str], Stored]:
+    """Messages of this batch whose (sender, id) is already stored."""
+    wanted = {(p.conn.user, p.chat.client_id) for p in batch if p.chat.client_id is not None}
+    if not wanted:
+        return {}
+    senders = {s for s, _ in wanted}
+    ids = {c for _, c in wanted}
+    rows = await conn.execute(
+        sa.select(
+            messages.c.sender,
+            messages.c.client_id,
+            messages.c.mid,
+            messages.c.seq,
+            messages.c.createat,
+        ).where(messages.c.sender.in_(senders), messages.c.client_id.in_(ids))
+    )
+    found: dict[tuple[int, str], Stored] = {}
+    for sender, client_id, mid, seq, createat in rows:
+        if (sender, client_id) in wanted:
+            found[(int(sender), client_id)] = Stored(int(mid), int(seq), int(createat), False)
+    return found
+
+
+# ---- reads ---------------------------------------------------------------------------------
+
+
+def row_message(row: Any) -> dict[str, Any]:
+    """A stored row as the delivered-message object."""
+    fields = orjson.loads(row.body)
+    return delivered(fields, int(row.mid), int(row.seq), int(row.createat))
+
+
+async def find_conversation(
+    engine: AsyncEngine, key: tuple[int, int, int]
+) -> tuple[int, int] | None:
+    kind, a, b = key
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(conversations.c.id, conversations.c.last_seq).where(
+                    conversations.c.kind == kind, conversations.c.a == a, conversations.c.b == b
+                )
+            )
+        ).first()
+    return (int(row[0]), int(row[1])) if row else None
+
+
+async def history(
+    engine: AsyncEngine, conv_id: int, before: int | None, after: int | None, limit: int
+) -> list[dict[str, Any]]:
+    query = sa.select(messages).where(messages.c.conv_id == conv_id)
+    if after is not None:
+        query = query.where(messages.c.seq > after).order_by(messages.c.seq.asc())
+    else:
+        if before is not None:
+            query = query.where(messages.c.seq < before)
+        query = query.order_by(messages.c.seq.desc())
+    async with engine.connect() as conn:
+        rows = list(await conn.execute(query.limit(limit)))
+    if after is None:
+        rows.reverse()
+    return [row_message(r) for r in rows]
+
+
+async def conversation_rows(engine: AsyncEngine, uid: int) -> list[dict[str, Any]]:
+    """Every conversation the user has a read marker in, with unread count and last message."""
+    unread = (
+        sa.select(sa.func.count())
+        .where(
+            messages.c.conv_id == readmarks.c.conv_id,
+            messages.c.seq > readmarks.c.read_seq,
+            messages.c.sender != uid,
+        )
+        .correlate(readmarks)
+        .scalar_subquery()
+        .label("unread")
+    )
+    query = (
+        sa.select(
+            conversations.c.id,
+            conversations.c.kind,
+            conversations.c.a,
+            conversations.c.b,
+            conversations.c.last_seq,
+            readmarks.c.read_seq,
+            unread,
+        )
+        .join(readmarks, readmarks.c.conv_id == conversations.c.id)
+        .where(readmarks.c.userid == uid)
+    )
+    async with engine.connect() as conn:
+        convs = list(await conn.execute(query))
+        wanted = [(int(c.id), int(c.last_seq)) for c in convs if c.last_seq > 0]
+        last: dict[int, dict[str, Any]] = {}
+        if wanted:
+            rows = await conn.execute(
+                sa.select(messages).where(sa.tuple_(messages.c.conv_id, messages.c.seq).in_(wanted))
+            )
+            last = {int(r.conv_id): row_message(r) for r in rows}
+    out = []
+    for c in convs:
+        dstid = (int(c.b) if int(c.a) == uid else int(c.a)) if c.kind == CMD_SINGLE else int(c.a)
+        out.append(
+            {
+                "cmd": int(c.kind),
+                "dstid": dstid,
+                "last_seq": int(c.last_seq),
+                "read_seq": int(c.read_seq),
+                "unread": int(c.unread),
+                "last": last.get(int(c.id)),
+            }
+        )
+    out.sort(key=_recent, reverse=True)
+    return out
+
+
+def _recent(row: dict[str, Any]) -> int:
+    last = row["last"]
+    return int(last["createat"]) if last else 0
+
+
+async def mark_read(engine: AsyncEngine, uid: int, conv_id: int, seq: int) -> tuple[int, bool]:
+    """Move the marker forward to seq (clamped to the last message). (read_seq, moved)."""
+    async with engine.begin() as conn:
+        last = (
+            await conn.execute(
+                sa.select(conversations.c.last_seq).where(conversations.c.id == conv_id)
+            )
+        ).scalar_one()
+        target = min(seq, int(last))
+        where = (readmarks.c.userid == uid, readmarks.c.conv_id == conv_id)
+        current = (await conn.execute(sa.select(readmarks.c.read_seq).where(*where))).scalar()
+        if current is None:
+            await conn.execute(
+                readmarks.insert().values(userid=uid, conv_id=conv_id, read_seq=target)
+            )
+            return target, target > 0
+        if target <= current:
+            return int(current), False
+        await conn.execute(readmarks.update().where(*where).values(read_seq=target))
+        return target, True

@@ -1,0 +1,350 @@
+"""Store: accounts, sessions, friendships and communities on SQLAlchemy Core (async)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .db import (
+    CATE_FRIEND,
+    CATE_MEMBER,
+    communities,
+    contacts,
+    conversations,
+    messages,
+    now_ms,
+    readmarks,
+    sessions,
+    users,
+)
+from .dispatch import group_key, pair_key
+from .errors import BadRequest, Conflict, Forbidden, NotFound
+
+PUBLIC_USER = (users.c.id, users.c.nickname, users.c.avatar, users.c.sex, users.c.memo)
+
+
+def new_id(result: sa.CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+# ---- accounts ------------------------------------------------------------------------------
+
+
+async def create_user(engine: AsyncEngine, fields: dict[str, Any]) -> dict[str, Any]:
+    row = {**fields, "createat": now_ms()}
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(users.insert().values(**row))
+    except IntegrityError:
+        raise Conflict("this mobile number is already registered") from None
+    return {"id": new_id(result), **row}
+
+
+async def user_by_mobile(engine: AsyncEngine, mobile: str) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(users.select().where(users.c.mobile == mobile))).first()
+    return row._asdict() if row else None
+
+
+async def user_by_id(engine: AsyncEngine, uid: int) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(users.select().where(users.c.id == uid))).first()
+    return row._asdict() if row else None
+
+
+async def update_user(engine: AsyncEngine, uid: int, changes: dict[str, Any]) -> None:
+    if changes:
+        async with engine.begin() as conn:
+            await conn.execute(users.update().where(users.c.id == uid).values(**changes))
+
+
+async def create_session(engine: AsyncEngine, uid: int, digest: str, ttl_ms: int) -> int:
+    now = now_ms()
+    async with engine.begin() as conn:
+        await conn.execute(
+            sessions.insert().values(
+                userid=uid, token_hash=digest, createat=now, expireat=now + ttl_ms
+            )
+        )
+        # Expired sessions of this user go when a new one starts: the table stays small.
+        await conn.execute(
+            sessions.delete().where(sessions.c.userid == uid, sessions.c.expireat <= now)
+        )
+    return now + ttl_ms
+
+
+async def session_user(engine: AsyncEngine, digest: str) -> int | None:
+    """The user of a live session, or None for an unknown, revoked or expired token."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(sessions.c.userid).where(
+                    sessions.c.token_hash == digest, sessions.c.expireat > now_ms()
+                )
+            )
+        ).first()
+    return int(row[0]) if row else None
+
+
+async def delete_session(engine: AsyncEngine, digest: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(sessions.delete().where(sessions.c.token_hash == digest))
+
+
+async def public_users(engine: AsyncEngine, ids: list[int]) -> list[dict[str, Any]]:
+    if not ids:
+        return []
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.select(*PUBLIC_USER).where(users.c.id.in_(ids)))
+        return [r._asdict() for r in rows]
+
+
+# ---- conversations and read markers (created with friendships and memberships) ----------
+
+
+async def ensure_conversation(conn: AsyncConnection, key: tuple[int, int, int]) -> tuple[int, int]:
+    """(id, last_seq) of the conversation with this key, creating it if needed."""
+    kind, a, b = key
+    where = (conversations.c.kind == kind, conversations.c.a == a, conversations.c.b == b)
+    row = (
+        await conn.execute(sa.select(conversations.c.id, conversations.c.last_seq).where(*where))
+    ).first()
+    if row:
+        return int(row[0]), int(row[1])
+    result = await conn.execute(conversations.insert().values(kind=kind, a=a, b=b, last_seq=0))
+    return new_id(result), 0
+
+
+async def set_readmark(conn: AsyncConnection, uid: int, conv_id: int, read_seq: int) -> None:
+    where = (readmarks.c.userid == uid, readmarks.c.conv_id == conv_id)
+    found = (await conn.execute(sa.select(readmarks.c.read_seq).where(*where))).first()
+    if found is None:
+        await conn.execute(
+            readmarks.insert().values(userid=uid, conv_id=conv_id, read_seq=read_seq)
+        )
+    elif found[0] < read_seq:
+        await conn.execute(readmarks.update().where(*where).values(read_seq=read_seq))
+
+
+# ---- friends -----------------------------------------------------------------------------
+
+
+async def add_friend(engine: AsyncEngine, uid: int, dst: int) -> None:
+    if dst == uid:
+        raise BadRequest("you cannot add yourself as a friend")
+    now = now_ms()
+    try:
+        async with engine.begin() as conn:
+            if (await conn.execute(sa.select(users.c.id).where(users.c.id == dst))).first() is None:
+                raise NotFound("no such user")
+            if await _has_contact(conn, uid, dst, CATE_FRIEND):
+                raise Conflict("you are already friends")
+            await conn.execute(
+                contacts.insert(),
+                [
+                    {
+                        "ownerid": uid,
+                        "dstobj": dst,
+                        "cate": CATE_FRIEND,
+                        "memo": "",
+                        "createat": now,
+                    },
+                    {
+                        "ownerid": dst,
+                        "dstobj": uid,
+                        "cate": CATE_FRIEND,
+                        "memo": "",
+                        "createat": now,
+                    },
+                ],
+            )
+            conv_id, _ = await ensure_conversation(conn, pair_key(uid, dst))
+            await set_readmark(conn, uid, conv_id, 0)
+            await set_readmark(conn, dst, conv_id, 0)
+    except IntegrityError:
+        raise Conflict("you are already friends") from None
+
+
+async def del_friend(engine: AsyncEngine, uid: int, dst: int) -> None:
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            contacts.delete().where(
+                contacts.c.cate == CATE_FRIEND,
+                sa.or_(
+                    sa.and_(contacts.c.ownerid == uid, contacts.c.dstobj == dst),
+                    sa.and_(contacts.c.ownerid == dst, contacts.c.dstobj == uid),
+                ),
+            )
+        )
+        if result.rowcount == 0:
+            raise NotFound("not a friend")
+
+
+async def friend_ids(engine: AsyncEngine | AsyncConnection, uid: int) -> list[int]:
+    query = sa.select(contacts.c.dstobj).where(
+        contacts.c.ownerid == uid, contacts.c.cate == CATE_FRIEND
+    )
+    if isinstance(engine, AsyncConnection):
+        return [int(r[0]) for r in await engine.execute(query)]
+    async with engine.connect() as conn:
+        return [int(r[0]) for r in await conn.execute(query)]
+
+
+async def are_friends(engine: AsyncEngine, a: int, b: int) -> bool:
+    async with engine.connect() as conn:
+        return await _has_contact(conn, a, b, CATE_FRIEND)
+
+
+async def _has_contact(conn: AsyncConnection, owner: int, dst: int, cate: int) -> bool:
+    query = sa.select(contacts.c.id).where(
+        contacts.c.ownerid == owner, contacts.c.dstobj == dst, contacts.c.cate == cate
+    )
+    return (await conn.execute(query)).first() is not None
+
+
+# ---- communities -------------------------------------------------------------------------
+
+_member_count = (
+    sa.select(sa.func.count())
+    .where(contacts.c.dstobj == communities.c.id, contacts.c.cate == CATE_MEMBER)
+    .correlate(communities)
+    .scalar_subquery()
+    .label("members")
+)
+
+
+async def create_community(
+    engine: AsyncEngine, uid: int, fields: dict[str, Any], limit: int
+) -> dict[str, Any]:
+    now = now_ms()
+    async with engine.begin() as conn:
+        owned = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(communities)
+                .where(communities.c.ownerid == uid)
+            )
+        ).scalar_one()
+        if owned >= limit:
+            raise Forbidden(f"you may own at most {limit} communities")
+        row = {**fields, "ownerid": uid, "createat": now}
+        result = await conn.execute(communities.insert().values(**row))
+        cid = new_id(result)
+        await conn.execute(
+            contacts.insert().values(
+                ownerid=uid, dstobj=cid, cate=CATE_MEMBER, memo="", createat=now
+            )
+        )
+        conv_id, _ = await ensure_conversation(conn, group_key(cid))
+        await set_readmark(conn, uid, conv_id, 0)
+    return {"id": cid, **row, "members": 1}
+
+
+async def load_communities(engine: AsyncEngine, uid: int) -> list[dict[str, Any]]:
+    query = (
+        sa.select(communities, _member_count)
+        .join(
+            contacts, sa.and_(contacts.c.dstobj == communities.c.id, contacts.c.cate == CATE_MEMBER)
+        )
+        .where(contacts.c.ownerid == uid)
+        .order_by(contacts.c.id)
+    )
+    async with engine.connect() as conn:
+        return [r._asdict() for r in await conn.execute(query)]
+
+
+async def community_ids(conn: AsyncConnection, uid: int) -> list[int]:
+    query = sa.select(contacts.c.dstobj).where(
+        contacts.c.ownerid == uid, contacts.c.cate == CATE_MEMBER
+    )
+    return [int(r[0]) for r in await conn.execute(query)]
+
+
+async def join_community(engine: AsyncEngine, uid: int, cid: int) -> None:
+    try:
+        async with engine.begin() as conn:
+            found = await conn.execute(sa.select(communities.c.id).where(communities.c.id == cid))
+            if found.first() is None:
+                raise NotFound("no such community")
+            if await _has_contact(conn, uid, cid, CATE_MEMBER):
+                raise Conflict("you are already a member")
+            await conn.execute(
+                contacts.insert().values(
+                    ownerid=uid, dstobj=cid, cate=CATE_MEMBER, memo="", createat=now_ms()
+                )
+            )
+            # The whole history is readable, but a newcomer starts with nothing unread.
+            conv_id, last_seq = await ensure_conversation(conn, group_key(cid))
+            await set_readmark(conn, uid, conv_id, last_seq)
+    except IntegrityError:
+        raise Conflict("you are already a member") from None
+
+
+async def leave_community(engine: AsyncEngine, uid: int, cid: int) -> bool:
+    """Leave; ownership passes to the earliest member; the last one out deletes it (True)."""
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            contacts.delete().where(
+                contacts.c.ownerid == uid, contacts.c.dstobj == cid, contacts.c.cate == CATE_MEMBER
+            )
+        )
+        if result.rowcount == 0:
+            raise NotFound("you are not a member of this community")
+        heir = (
+            await conn.execute(
+                sa.select(contacts.c.ownerid)
+                .where(contacts.c.dstobj == cid, contacts.c.cate == CATE_MEMBER)
+                .order_by(contacts.c.id)
+                .limit(1)
+            )
+        ).first()
+        if heir is None:
+            await _delete_community(conn, cid)
+            return True
+        await conn.execute(
+            communities.update()
+            .where(communities.c.id == cid, communities.c.ownerid == uid)
+            .values(ownerid=int(heir[0]))
+        )
+        return False
+
+
+async def _delete_community(conn: AsyncConnection, cid: int) -> None:
+    kind, a, b = group_key(cid)
+    conv = (
+        await conn.execute(
+            sa.select(conversations.c.id).where(
+                conversations.c.kind == kind, conversations.c.a == a, conversations.c.b == b
+            )
+        )
+    ).first()
+    if conv is not None:
+        await conn.execute(messages.delete().where(messages.c.conv_id == conv[0]))
+        await conn.execute(readmarks.delete().where(readmarks.c.conv_id == conv[0]))
+        await conn.execute(conversations.delete().where(conversations.c.id == conv[0]))
+    await conn.execute(communities.delete().where(communities.c.id == cid))
+
+
+async def is_member(engine: AsyncEngine, uid: int, cid: int) -> bool:
+    async with engine.connect() as conn:
+        return await _has_contact(conn, uid, cid, CATE_MEMBER)
+
+
+async def member_ids(engine: AsyncEngine, cid: int) -> list[int]:
+    query = (
+        sa.select(contacts.c.ownerid)
+        .where(contacts.c.dstobj == cid, contacts.c.cate == CATE_MEMBER)
+        .order_by(contacts.c.id)
+    )
+    async with engine.connect() as conn:
+        return [int(r[0]) for r in await conn.execute(query)]
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("SELECT 1"))

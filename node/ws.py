@@ -1,0 +1,161 @@
+"""WebSocket glue: /chat authentication, per-connection recvproc and sendproc tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import WSMsgType, web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import dispatch, store
+from .auth import origin_allowed, request_token
+from .errors import Forbidden, Unauthorized
+from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Conn, Loader
+from .keys import ENGINE, HUB, NODE, SETTINGS, WRITER
+from .messages import Pending, Writer
+from .node import Node
+from .security import token_hash
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL_S = 20.0
+CLOSE_TIMEOUT_S = 5.0
+CLOSE_UNSUPPORTED = 1003
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    """Upgrade an authenticated request to a chat connection and serve it until it ends."""
+    app = request.app
+    settings = app[SETTINGS]
+    token, _ = request_token(request, request.query)
+    if not token or len(token) > 256:
+        raise Unauthorized("a token is required")
+    digest = token_hash(token)
+    user = await store.session_user(app[ENGINE], digest)
+    if user is None or request.query.get("id", "").strip() != str(user):
+        raise Unauthorized("the token is not valid for this user")
+    if not origin_allowed(request):
+        raise Forbidden("connections from this origin are not allowed")
+
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.max_frame_bytes, autoping=True, timeout=CLOSE_TIMEOUT_S
+    )
+    await ws.prepare(request)
+    hub = app[HUB]
+    conn = hub.new_conn(user, digest, settings.queue_max_frames, settings.queue_max_bytes)
+    log.info("connect conn=%s user=%s", conn.id, user)
+    sender = asyncio.create_task(sendproc(ws, conn), name=f"sendproc {conn.id}")
+    closer: list[asyncio.Task[None]] = []
+
+    def on_close(code: int) -> None:
+        if code == CLOSE_TOO_SLOW:
+            closer.append(asyncio.create_task(_close_slow(request, ws, sender)))
+
+    conn.on_close = on_close
+    try:
+        await hub.attach(conn, _loader(app[ENGINE]))
+        await recvproc(request, ws, conn)
+    finally:
+        hub.detach(conn)
+        for task in closer:
+            await task
+        if not sender.done():
+            conn.close(1000, "")
+            try:
+                await asyncio.wait_for(sender, CLOSE_TIMEOUT_S)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+        log.info("disconnect conn=%s user=%s code=%s", conn.id, user, ws.close_code)
+    return ws
+
+
+def _loader(engine: AsyncEngine) -> Loader:
+    async def load(uid: int) -> tuple[list[int], list[int]]:
+        async with engine.connect() as db:
+            return await store.friend_ids(db, uid), await store.community_ids(db, uid)
+
+    return load
+
+
+async def recvproc(request: web.Request, ws: web.WebSocketResponse, conn: Conn) -> None:
+    """Read frames until the socket closes; each frame is answered or handed to the writer."""
+    app = request.app
+    settings, node, writer = app[SETTINGS], app[NODE], app[WRITER]
+    while True:
+        try:
+            msg = await ws.receive(timeout=settings.idle_timeout_s)
+        except TimeoutError:
+            log.info("conn=%s idle for %.0fs, closing", conn.id, settings.idle_timeout_s)
+            conn.close(1000, "idle")
+            return
+        if msg.type is WSMsgType.TEXT:
+            _on_text(msg.data, conn, node, writer)
+        elif msg.type is WSMsgType.BINARY:
+            conn.close(CLOSE_UNSUPPORTED, "binary frames are not supported")
+            return
+        else:  # CLOSE, CLOSING, CLOSED or ERROR (too big, bad UTF-8): aiohttp has closed
+            return
+
+
+def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> None:
+    try:
+        frame = dispatch.parse(text, conn.user)
+        if isinstance(frame, dispatch.Heartbeat):
+            conn.send(dispatch.HEARTBEAT_REPLY)
+            return
+        hub = node.hub
+        dispatch.check_allowed(frame, hub.friends.get(conn.user, ()), hub.groups.get(conn.user, ()))
+        if not node.may_send(conn.user):
+            raise dispatch.FrameError(
+                "rate_limited", "too many messages; slow down", frame.frame_id
+            )
+    except dispatch.FrameError as exc:
+        log.debug("conn=%s rejected frame: %s", conn.id, exc.code)
+        conn.send(dispatch.error_frame(exc.code, exc.msg, exc.frame_id))
+        return
+    writer.submit(Pending(frame, conn))
+
+
+async def sendproc(ws: web.WebSocketResponse, conn: Conn) -> None:
+    """The connection's only writer: drains its queue, pings when quiet, closes on request."""
+    while True:
+        try:
+            await asyncio.wait_for(conn.wake.wait(), PING_INTERVAL_S)
+        except TimeoutError:
+            if ws.closed:
+                return
+            await ws.ping()
+            continue
+        conn.wake.clear()
+        while (data := conn.take()) is not None:
+            if ws.closed:
+                return
+            await ws.send_frame(data, WSMsgType.TEXT)
+        if conn.close_code is not None:
+            await ws.close(code=conn.close_code, message=conn.close_reason.encode())
+            return
+
+
+async def _close_slow(
+    request: web.Request, ws: web.WebSocketResponse, sender: asyncio.Task[None]
+) -> None:
+    """A client too slow to read blocks its sendproc in a write: stop it and close with 1013;
+    a peer that will not even take the close frame is cut off."""
+    sender.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sender
+    try:
+        await asyncio.wait_for(
+            ws.close(code=CLOSE_TOO_SLOW, message=b"too slow"), CLOSE_TIMEOUT_S * 2
+        )
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown: every connection flushes its queue and closes with 1001."""
+    for conn in app[HUB].all_conns():
+        conn.close(CLOSE_GOING_AWAY, "server shutting down")
