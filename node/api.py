@@ -39,10 +39,18 @@ def _dumps(value: Any) -> str:
 
 def authed(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
     """Read the parameters, find the caller (401/403), check userid/ownerid, then run."""
+    return _authed(handler, body=True)
 
+
+def authed_stream(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Like authed, but leaves the body unread for the handler to stream (uploads)."""
+    return _authed(handler, body=False)
+
+
+def _authed(handler: Handler, body: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.Response:
-        params = await read_params(request)
+        params = await read_params(request) if body else dict(request.query)
         caller = await authenticate(request, params)
         check_acting_user(params, caller)
         return await handler(request, params, caller)

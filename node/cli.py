@@ -46,6 +46,9 @@ def _configure_logging(level: str) -> None:
     # aiohttp's access log: one line per request, with the path but never the query string
     # (it carries /chat's token) nor any header.
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)
+    # Driver and migration chatter carries SQL parameters (hashes among them): never below INFO.
+    for noisy in ("aiosqlite", "aiomysql", "sqlalchemy", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import BodyPartReader, web
 
-from .api import authed, ok
+from .api import authed_stream, ok
 from .auth import Caller
 from .errors import BadRequest, NotFound, TooLarge, UnsupportedType
 from .keys import SETTINGS
@@ -61,7 +61,7 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-@authed
+@authed_stream
 async def upload(request: web.Request, params: Params, caller: Caller) -> web.Response:
     settings = request.app[SETTINGS]
     if request.content_type != "multipart/form-data":

@@ -1,0 +1,1 @@
+"""lanchat tests: real sockets, real databases, real processes."""
