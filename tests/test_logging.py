@@ -17,7 +17,7 @@ async def test_no_password_or_token_in_log(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LANCHAT_")}
     env.update(LANCHAT_PORT=str(port), LANCHAT_LOG_LEVEL="debug")
     log_path = tmp_path / "stderr.log"
-    log_file = open(log_path, "w")  # noqa: SIM115 - a file, not a pipe nobody drains
+    log_file = open(log_path, "w")  # a file, not a pipe nobody drains
     proc = subprocess.Popen(
         [sys.executable, "-m", "node", "serve"], cwd=str(tmp_path), env=env, stderr=log_file
     )

@@ -100,7 +100,7 @@ async def test_upload_needs_login(api):
 
 async def test_mnt_serves_only_stored_names(api, settings):
     user = await api.register()
-    _, body = await upload(api, user["token"], PNG)
+    await upload(api, user["token"], PNG)
     os.makedirs(settings.upload_dir, exist_ok=True)
     with open(os.path.join(settings.upload_dir, "evil.html"), "w") as f:
         f.write("<script>alert(1)</script>")
