@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 PING_INTERVAL_S = 20.0
 CLOSE_TIMEOUT_S = 5.0
 CLOSE_UNSUPPORTED = 1003
+SLOW_GRACE_S = 30.0
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -39,8 +40,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not origin_allowed(request):
         raise Forbidden("connections from this origin are not allowed")
 
+    # aiohttp refuses a frame whose length reaches max_msg_size; the limit itself is allowed.
     ws = web.WebSocketResponse(
-        max_msg_size=settings.max_frame_bytes, autoping=True, timeout=CLOSE_TIMEOUT_S
+        max_msg_size=settings.max_frame_bytes + 1, autoping=True, timeout=CLOSE_TIMEOUT_S
     )
     await ws.prepare(request)
     hub = app[HUB]
@@ -141,18 +143,19 @@ async def sendproc(ws: web.WebSocketResponse, conn: Conn) -> None:
 async def _close_slow(
     request: web.Request, ws: web.WebSocketResponse, sender: asyncio.Task[None]
 ) -> None:
-    """A client too slow to read blocks its sendproc in a write: stop it and close with 1013;
-    a peer that will not even take the close frame is cut off."""
+    """A client too slow to read blocks its sendproc in a write: stop that task, queue the
+    1013 close frame behind what is already buffered (no waiting for it to drain), and cut the
+    TCP connection off if the peer still has not taken it after a grace period."""
     sender.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sender
-    try:
+    transport = request.transport
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(
-            ws.close(code=CLOSE_TOO_SLOW, message=b"too slow"), CLOSE_TIMEOUT_S * 2
+            ws.close(code=CLOSE_TOO_SLOW, message=b"too slow", drain=False), CLOSE_TIMEOUT_S * 2
         )
-    except TimeoutError:
-        if request.transport is not None:
-            request.transport.abort()
+    if transport is not None:
+        asyncio.get_running_loop().call_later(SLOW_GRACE_S, transport.abort)
 
 
 async def close_all(app: web.Application) -> None:

@@ -187,3 +187,40 @@ def test_serve_then_sigterm_exits_0(tmp_path):
     assert proc.returncode == 0, err
     assert (tmp_path / "data" / "lanchat.db").is_file()
     assert "stopped" in err
+
+
+async def test_sigterm_closes_websockets_1001_and_exits_0(tmp_path):
+    """Draining: connected clients get 1001, acked messages are stored, exit 0 within 10 s."""
+    import aiohttp
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANCHAT_")}
+    env["LANCHAT_PORT"] = str(port)
+    log = open(tmp_path / "stderr.log", "w")  # a file, not a pipe nobody drains
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "serve"], cwd=str(tmp_path), env=env, stderr=log
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        timeout = aiohttp.ClientTimeout(total=20)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as http:
+            user = (
+                await (
+                    await http.post(
+                        "/user/register", data={"mobile": "13822223333", "passwd": "pw-123456"}
+                    )
+                ).json()
+            )["data"]
+            ws = await http.ws_connect(
+                "/chat", params={"id": str(user["id"]), "token": user["token"]}
+            )
+            await ws.send_str('{"cmd":0}')
+            assert (await ws.receive(timeout=5)).data == '{"cmd":0}'
+            proc.send_signal(signal.SIGTERM)
+            msg = await ws.receive(timeout=10)
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001
+            await ws.close()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        log.close()
