@@ -70,6 +70,7 @@ async def healthz(request: web.Request) -> web.Response:
         "bus": bus.name,
         "peers": bus.peers(),
         "connections": app[HUB].connection_count(),
+        "counters": bus.stats(),
     }
     try:
         await ping(app[ENGINE])
@@ -155,6 +156,6 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
     node = app[NODE]
-    await app[BUS].start(node.from_bus)
+    await app[BUS].start(node.from_bus, node.on_peer)
     yield
     await app[BUS].close()

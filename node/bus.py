@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from .packets import Packet
 
 Deliver = Callable[[Packet], None]
+PeerEvent = Callable[[str, bool], None]  # (node id, joined) when a peer appears or goes silent
 
 
 class Bus(Protocol):
@@ -16,7 +17,7 @@ class Bus(Protocol):
 
     name: str
 
-    async def start(self, deliver: Deliver) -> None: ...
+    async def start(self, deliver: Deliver, on_peer: PeerEvent | None = None) -> None: ...
 
     def publish(self, packet: Packet) -> None: ...
 
@@ -32,7 +33,7 @@ class LocalBus:
 
     name = "local"
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, on_peer: PeerEvent | None = None) -> None:
         return None
 
     def publish(self, packet: Packet) -> None:

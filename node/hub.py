@@ -103,6 +103,7 @@ class Hub:
         self.friends: dict[int, set[int]] = {}
         self.groups: dict[int, set[int]] = {}
         self.members: dict[int, set[int]] = {}
+        self.remote: dict[int, set[str]] = {}  # user -> other nodes it is connected to
         self._loading: dict[int, asyncio.Future[None]] = {}
         self._pending: dict[int, list[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
@@ -160,7 +161,24 @@ class Hub:
                     del self.members[cid]
 
     def online(self, uid: int) -> bool:
-        return uid in self.conns
+        return uid in self.conns or uid in self.remote
+
+    def local_users(self) -> list[int]:
+        return list(self.conns)
+
+    def _set_remote(self, node: str, uid: int, online: bool) -> None:
+        nodes = self.remote.get(uid)
+        if online:
+            self.remote.setdefault(uid, set()).add(node)
+        elif nodes is not None:
+            nodes.discard(node)
+            if not nodes:
+                del self.remote[uid]
+
+    def drop_node(self, node: str) -> None:
+        """A node went silent: its users are no longer online through it."""
+        for uid in [u for u, nodes in self.remote.items() if node in nodes]:
+            self._set_remote(node, uid, False)
 
     def connection_count(self) -> int:
         return sum(len(c) for c in self.conns.values())
@@ -199,6 +217,17 @@ class Hub:
     def apply(self, change: dict[str, Any]) -> None:
         """Update the sets and tell the local users concerned (cmd 30), or end sessions."""
         kind = change.get("type")
+        if kind == "presence":
+            if change["node"] != self.node_id:
+                self._set_remote(change["node"], change["userid"], change["online"])
+            return
+        if kind == "presence_sync":
+            if change["node"] != self.node_id:
+                if change.get("first"):
+                    self.drop_node(change["node"])
+                for uid in change["users"]:
+                    self._set_remote(change["node"], uid, True)
+            return
         if kind == "session_revoked":
             for conn in tuple(self.conns.get(change["userid"], ())):
                 if conn.token_hash == change["token_hash"]:

@@ -7,10 +7,12 @@ import logging
 from .bus import Bus
 from .hub import Hub
 from .limits import TokenBucket
-from .packets import Packet
+from .packets import Packet, state_packet
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+PRESENCE_CHUNK = 4000  # user ids per datagram
 
 
 class Node:
@@ -27,6 +29,26 @@ class Node:
 
     def from_bus(self, packet: Packet) -> None:
         self.hub.route(packet)
+
+    def presence(self, uid: int, online: bool) -> None:
+        """A user's first connection on this node opened, or its last one closed."""
+        self.emit(state_packet("presence", node=self.settings.node_id, userid=uid, online=online))
+
+    def on_peer(self, node: str, joined: bool) -> None:
+        """A peer appeared: tell it who is connected here. A peer went silent: forget its users."""
+        if not joined:
+            self.hub.drop_node(node)
+            return
+        users = self.hub.local_users()
+        for start in range(0, max(len(users), 1), PRESENCE_CHUNK):
+            self.bus.publish(
+                state_packet(
+                    "presence_sync",
+                    node=self.settings.node_id,
+                    users=users[start : start + PRESENCE_CHUNK],
+                    first=start == 0,
+                )
+            )
 
     def may_send(self, uid: int) -> bool:
         """The per-user send rate, shared by all of the user's connections on this node."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import platform
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not self.node_id:
-            object.__setattr__(self, "node_id", f"{self.host}:{self.port}")
+            host = self.host
+            if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming, not binding
+                host = platform.node() or "localhost"
+            object.__setattr__(self, "node_id", f"{host}:{self.port}")
 
 
 def _positive_int(text: str) -> int:

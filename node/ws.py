@@ -58,9 +58,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     conn.on_close = on_close
     try:
         await hub.attach(conn, _loader(app[ENGINE]))
+        if len(hub.conns.get(user, ())) == 1:
+            app[NODE].presence(user, True)
         await recvproc(request, ws, conn)
     finally:
         hub.detach(conn)
+        if not hub.conns.get(user):
+            app[NODE].presence(user, False)
         for task in closer:
             await task
         if not sender.done():

@@ -271,4 +271,5 @@ async def test_healthz(api):
         "bus": "local",
         "peers": [],
         "connections": 0,
+        "counters": {},
     }

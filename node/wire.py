@@ -1,0 +1,147 @@
+"""Bus wire format: versioned binary datagrams with an HMAC-SHA256 trailer. Pure logic.
+
+    magic "LC" | version u8 | kind u8 | boot u64 | seq u64 | node id (u8 length + bytes)
+    | body | HMAC-SHA256(secret, everything before) (32 bytes)
+
+Bodies by kind:
+    DATA       route u8 | exclude (u8 length + bytes) | n u16 | n x target i64 | payload
+    HEARTBEAT  last seq u64 (the newest DATA seq this boot sent, 0 for none)
+    NACK       boot u64 of the peer asked | peer node id (u8 length + bytes) | n u16 | n x seq u64
+
+A node answers a NACK by broadcasting the asked DATA datagrams again, byte for byte; receivers
+that already have them drop them as repeats. Receivers route DATA on the header alone: the
+payload stays the bytes the first node encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .packets import Packet, Route
+
+MAGIC = b"LC"
+VERSION = 1
+MAC_BYTES = 32
+MAX_DATAGRAM = 65_000
+
+_HEAD = struct.Struct("!2sBBQQ")  # magic, version, kind, boot, seq
+
+
+class Kind(IntEnum):
+    DATA = 1
+    HEARTBEAT = 2
+    NACK = 3
+
+
+class WireError(ValueError):
+    """A datagram that is not ours, not authentic, or not well formed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    kind: Kind
+    node: str
+    boot: int
+    seq: int
+    body: bytes
+
+
+def _short(data: bytes) -> bytes:
+    if len(data) > 255:
+        raise WireError("field longer than 255 bytes")
+    return bytes([len(data)]) + data
+
+
+def seal(secret: bytes, kind: Kind, node: str, boot: int, seq: int, body: bytes) -> bytes:
+    head = _HEAD.pack(MAGIC, VERSION, kind, boot, seq) + _short(node.encode())
+    unsigned = head + body
+    return unsigned + hmac.new(secret, unsigned, hashlib.sha256).digest()
+
+
+def open_datagram(secret: bytes, data: bytes) -> Datagram:
+    """Check the HMAC first, then parse the header."""
+    if len(data) < _HEAD.size + 1 + MAC_BYTES:
+        raise WireError("too short")
+    unsigned, mac = data[:-MAC_BYTES], data[-MAC_BYTES:]
+    if not hmac.compare_digest(mac, hmac.new(secret, unsigned, hashlib.sha256).digest()):
+        raise WireError("bad HMAC")
+    magic, version, kind, boot, seq = _HEAD.unpack_from(unsigned)
+    if magic != MAGIC or version != VERSION:
+        raise WireError("unknown magic or version")
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise WireError("unknown kind") from None
+    node, offset = _read_short(unsigned, _HEAD.size)
+    return Datagram(kind, node.decode(errors="replace"), boot, seq, unsigned[offset:])
+
+
+def _read_short(data: bytes, offset: int) -> tuple[bytes, int]:
+    if offset >= len(data):
+        raise WireError("truncated")
+    end = offset + 1 + data[offset]
+    if end > len(data):
+        raise WireError("truncated")
+    return data[offset + 1 : end], end
+
+
+def data_body(packet: Packet) -> bytes:
+    parts = [bytes([packet.route]), _short(packet.exclude.encode())]
+    parts.append(struct.pack(f"!H{len(packet.targets)}q", len(packet.targets), *packet.targets))
+    parts.append(packet.payload)
+    return b"".join(parts)
+
+
+def parse_data(body: bytes) -> Packet:
+    if not body:
+        raise WireError("empty DATA")
+    try:
+        route = Route(body[0])
+    except ValueError:
+        raise WireError("unknown route") from None
+    exclude, offset = _read_short(body, 1)
+    if offset + 2 > len(body):
+        raise WireError("truncated")
+    (count,) = struct.unpack_from("!H", body, offset)
+    offset += 2
+    end = offset + 8 * count
+    if end > len(body):
+        raise WireError("truncated")
+    targets = struct.unpack_from(f"!{count}q", body, offset)
+    return Packet(route, tuple(targets), body[end:], exclude.decode(errors="replace"))
+
+
+def heartbeat_body(last_seq: int) -> bytes:
+    return struct.pack("!Q", last_seq)
+
+
+def parse_heartbeat(body: bytes) -> int:
+    if len(body) != 8:
+        raise WireError("bad HEARTBEAT")
+    return int(struct.unpack("!Q", body)[0])
+
+
+def nack_body(peer: str, boot: int, seqs: list[int]) -> bytes:
+    return (
+        struct.pack("!Q", boot)
+        + _short(peer.encode())
+        + struct.pack(f"!H{len(seqs)}Q", len(seqs), *seqs)
+    )
+
+
+def parse_nack(body: bytes) -> tuple[str, int, list[int]]:
+    if len(body) < 8:
+        raise WireError("truncated")
+    (boot,) = struct.unpack_from("!Q", body)
+    peer, offset = _read_short(body, 8)
+    if offset + 2 > len(body):
+        raise WireError("truncated")
+    (count,) = struct.unpack_from("!H", body, offset)
+    if offset + 2 + 8 * count != len(body):
+        raise WireError("bad NACK")
+    seqs = struct.unpack_from(f"!{count}Q", body, offset + 2)
+    return peer.decode(errors="replace"), boot, list(seqs)
