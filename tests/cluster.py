@@ -22,6 +22,17 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+class Front:
+    """An address users reach lanchat at (nginx, or a node)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 class NodeProc:
     """One `lanchat serve` process."""
 
