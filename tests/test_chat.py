@@ -251,7 +251,7 @@ async def test_seq_gap_free_under_concurrent_senders(api):
 async def test_long_chinese_message_intact(api):
     a, b = await pair(api)
     wa, wb = await api.ws(a), await api.ws(b)
-    text = ("局域网即时通讯测试消息，" * 300)[:3000]  # noqa: RUF001 - a real Chinese comma
+    text = ("局域网即时通讯测试消息，" * 300)[:3000]
     await wa.send_str(
         orjson.dumps(
             {"id": "zh", "cmd": 10, "dstid": b["id"], "media": 1, "content": text}
