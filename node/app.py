@@ -15,9 +15,20 @@ from .bus import Bus, LocalBus
 from .db import make_engine
 from .errors import LanchatError, NotFound, TooLarge, Unavailable, envelope
 from .hub import Hub
-from .keys import BUS, ENGINE, HUB, LOGIN_FAILS_ADDR, LOGIN_FAILS_MOBILE, NODE, SETTINGS, WRITER
+from .keys import (
+    BUS,
+    ENGINE,
+    HUB,
+    LOGIN_FAILS_ADDR,
+    LOGIN_FAILS_MOBILE,
+    METRICS,
+    NODE,
+    SETTINGS,
+    WRITER,
+)
 from .limits import FailureWindow
 from .messages import Writer
+from .metrics import Metrics
 from .node import Node
 from .settings import Settings
 from .store import ping
@@ -152,6 +163,9 @@ def create_app(settings: Settings) -> web.Application:
     uploads.add_routes(app)
     app.router.add_get("/chat", ws.chat)
     app.router.add_get("/healthz", healthz)
+    metrics = Metrics(app)
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics.handler)
     _add_client(app)
     return app
 
@@ -160,6 +174,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[SETTINGS].db)
     app[ENGINE] = engine
     writer = Writer(engine, app[NODE])
+    writer.on_acked = app[METRICS].observe_acks
     app[WRITER] = writer
     writer.start()
     yield

@@ -41,13 +41,23 @@ class Conn:
         "nbytes",
         "on_close",
         "queue",
+        "stats",
         "token_hash",
         "user",
         "wake",
     )
 
-    def __init__(self, cid: str, user: int, token_hash: str, max_frames: int, max_bytes: int):
+    def __init__(
+        self,
+        cid: str,
+        user: int,
+        token_hash: str,
+        max_frames: int,
+        max_bytes: int,
+        stats: dict[str, int] | None = None,
+    ):
         self.id = cid
+        self.stats = stats if stats is not None else {"frames_out": 0, "overflows": 0}
         self.user = user
         self.token_hash = token_hash
         self.max_frames = max_frames
@@ -64,12 +74,14 @@ class Conn:
             return
         if len(self.queue) >= self.max_frames or self.nbytes + len(data) > self.max_bytes:
             log.warning("conn=%s user=%s outbound queue full, closing 1013", self.id, self.user)
+            self.stats["overflows"] += 1
             self.queue.clear()
             self.nbytes = 0
             self.close(CLOSE_TOO_SLOW, "too slow")
             return
         self.queue.append(data)
         self.nbytes += len(data)
+        self.stats["frames_out"] += 1
         self.wake.set()
 
     def take(self) -> bytes | None:
@@ -107,11 +119,14 @@ class Hub:
         self._loading: dict[int, asyncio.Future[None]] = {}
         self._pending: dict[int, list[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
+        self.stats = {"frames_out": 0, "overflows": 0, "connects": 0}
 
     # ---- connections ---------------------------------------------------------------------
 
     def new_conn(self, user: int, token_hash: str, max_frames: int, max_bytes: int) -> Conn:
-        return Conn(f"{self.node_id}/{next(self._ids)}", user, token_hash, max_frames, max_bytes)
+        self.stats["connects"] += 1
+        cid = f"{self.node_id}/{next(self._ids)}"
+        return Conn(cid, user, token_hash, max_frames, max_bytes, self.stats)
 
     async def attach(self, conn: Conn, loader: Loader) -> None:
         """Register a connection; the first one of a user loads its friend and group sets."""

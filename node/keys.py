@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .hub import Hub
     from .limits import FailureWindow
     from .messages import Writer
+    from .metrics import Metrics
     from .node import Node
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,5 +23,6 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 BUS: web.AppKey[Bus] = web.AppKey("bus")
 NODE: web.AppKey[Node] = web.AppKey("node")
 WRITER: web.AppKey[Writer] = web.AppKey("writer")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 LOGIN_FAILS_MOBILE: web.AppKey[FailureWindow] = web.AppKey("login_fails_mobile")
 LOGIN_FAILS_ADDR: web.AppKey[FailureWindow] = web.AppKey("login_fails_addr")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ RETRIES = 3
 class Pending:
     chat: Chat
     conn: Conn
+    received: float = 0.0  # time.monotonic() when the frame arrived
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,8 @@ class Writer:
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._convs: dict[tuple[int, int, int], int] = {}
+        self.stats = {"stored": 0, "resends": 0, "commits": 0, "db_errors": 0}
+        self.on_acked: Callable[[list[float]], None] | None = None  # ack latencies, seconds
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="message-writer")
@@ -89,6 +93,7 @@ class Writer:
         try:
             results = await self._store_with_retry(batch)
         except (DBAPIError, OSError) as exc:
+            self.stats["db_errors"] += 1
             log.warning("storing %d messages failed: %s", len(batch), exc)
             for pending in batch:
                 pending.conn.send(
@@ -100,14 +105,17 @@ class Writer:
                 )
             return
         except Exception:
+            self.stats["db_errors"] += 1
             log.exception("storing %d messages failed", len(batch))
             for pending in batch:
                 pending.conn.send(
                     error_frame("internal", "the message was not stored", pending.chat.frame_id)
                 )
             return
+        self.stats["commits"] += 1
         for pending, stored in zip(batch, results, strict=True):
             chat, conn = pending.chat, pending.conn
+            self.stats["stored" if stored.fresh else "resends"] += 1
             if stored.fresh:
                 frame = delivered(chat.fields, stored.mid, stored.seq, stored.createat)
                 payload = orjson.dumps(frame)
@@ -117,6 +125,9 @@ class Writer:
                     packet = Packet(Route.GROUP, (chat.dstid,), payload, conn.id)
                 self.node.emit(packet)
             conn.send(ack_frame(chat.frame_id, stored.mid, stored.seq, stored.createat))
+        if self.on_acked is not None:
+            now = time.monotonic()
+            self.on_acked([now - p.received for p in batch])
 
     async def _store_with_retry(self, batch: list[Pending]) -> list[Stored]:
         for attempt in range(RETRIES):

@@ -21,6 +21,7 @@ class Node:
         self.hub = hub
         self.bus = bus
         self._buckets: dict[int, TokenBucket] = {}
+        self.stats = {"frames_in": 0, "rejected_frames": 0, "rate_limited": 0}
 
     def emit(self, packet: Packet) -> None:
         """Deliver to this node's connections now, and to every other node through the bus."""
@@ -58,4 +59,7 @@ class Node:
                 self._buckets = {u: b for u, b in self._buckets.items() if self.hub.online(u)}
             bucket = TokenBucket(self.settings.send_rate_per_s, self.settings.send_burst)
             self._buckets[uid] = bucket
-        return bucket.take()
+        if bucket.take():
+            return True
+        self.stats["rate_limited"] += 1
+        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from aiohttp import WSMsgType, web
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -106,6 +107,7 @@ async def recvproc(request: web.Request, ws: web.WebSocketResponse, conn: Conn) 
 
 
 def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> None:
+    node.stats["frames_in"] += 1
     try:
         frame = dispatch.parse(text, conn.user)
         if isinstance(frame, dispatch.Heartbeat):
@@ -119,9 +121,10 @@ def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> None:
             )
     except dispatch.FrameError as exc:
         log.debug("conn=%s rejected frame: %s", conn.id, exc.code)
+        node.stats["rejected_frames"] += 1
         conn.send(dispatch.error_frame(exc.code, exc.msg, exc.frame_id))
         return
-    writer.submit(Pending(frame, conn))
+    writer.submit(Pending(frame, conn, time.monotonic()))
 
 
 async def sendproc(ws: web.WebSocketResponse, conn: Conn) -> None:

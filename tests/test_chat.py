@@ -541,3 +541,34 @@ async def test_idle_connection_closed_1000(make_server):
     a, _ = await pair(api)
     ws = await api.ws(a, autoping=True)
     await closed_with(ws, 1000)
+
+
+async def test_metrics_count_what_happened(make_server):
+    api = await make_server(send_rate_per_s=1.0, send_burst=1)
+    a, b = await pair(api)
+    wa, wb = await api.ws(a), await api.ws(b)
+    for n in range(2):
+        await wa.send_str(
+            orjson.dumps(
+                {"id": n, "cmd": 10, "dstid": b["id"], "media": 1, "content": "m"}
+            ).decode()
+        )
+    assert sorted([(await recv(wa))["cmd"] for _ in range(2)]) == [20, 21]
+    await recv(wb)
+    await wa.send_str("{bad")
+    await recv(wa)
+    resp = await api.client.get("/metrics")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    text = await resp.text()
+    lines = set(text.splitlines())
+    for line in (
+        "lanchat_connections 2.0",
+        "lanchat_messages_stored_total 1.0",
+        "lanchat_rate_limited_total 1.0",
+        "lanchat_frames_rejected_total 2.0",
+        "lanchat_frames_in_total 3.0",
+        "lanchat_ack_latency_seconds_count 1.0",
+        "lanchat_queue_overflows_total 0.0",
+    ):
+        assert line in lines, (line, text)
+    assert "lanchat_db_errors_total 0.0" in lines

@@ -21,7 +21,7 @@ def test_wheel_installs_and_serves_the_client_from_any_directory(tmp_path):
             "pip",
             "wheel",
             "--no-deps",
-                        "-q",
+            "-q",
             "-w",
             str(tmp_path / "dist"),
             root,

@@ -1,0 +1,90 @@
+"""Metrics: /metrics in the Prometheus text format, read from the counters the parts keep."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .keys import BUS, HUB, NODE, WRITER
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Counters(Collector):
+    """The hub, node, writer and bus count in plain integers; they are read at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        app = self.app
+        hub, node, writer, bus = app[HUB], app[NODE], app[WRITER], app[BUS]
+        yield GaugeMetricFamily(
+            "lanchat_connections", "Open WebSocket connections", value=hub.connection_count()
+        )
+        yield GaugeMetricFamily(
+            "lanchat_users_connected", "Users with a connection here", value=len(hub.conns)
+        )
+        yield GaugeMetricFamily(
+            "lanchat_write_backlog", "Messages waiting for their commit", value=writer.backlog()
+        )
+        counters = (
+            ("lanchat_connects", "WebSocket connections accepted", hub.stats["connects"]),
+            ("lanchat_frames_in", "Frames received from clients", node.stats["frames_in"]),
+            (
+                "lanchat_frames_rejected",
+                "Frames answered with cmd 21",
+                node.stats["rejected_frames"],
+            ),
+            ("lanchat_messages_stored", "Messages committed", writer.stats["stored"]),
+            (
+                "lanchat_messages_resent",
+                "Resends answered with the first ack",
+                writer.stats["resends"],
+            ),
+            ("lanchat_commits", "Message write transactions", writer.stats["commits"]),
+            ("lanchat_frames_out", "Frames queued to client connections", hub.stats["frames_out"]),
+            (
+                "lanchat_queue_overflows",
+                "Connections closed 1013 (too slow)",
+                hub.stats["overflows"],
+            ),
+            (
+                "lanchat_rate_limited",
+                "Messages refused by the send rate",
+                node.stats["rate_limited"],
+            ),
+            ("lanchat_db_errors", "Failed message write transactions", writer.stats["db_errors"]),
+        )
+        for name, text, value in counters:
+            yield CounterMetricFamily(name, text, value=value)
+        bus_family = CounterMetricFamily(
+            "lanchat_bus_datagrams", "Bus datagrams by outcome", labels=["outcome"]
+        )
+        for outcome, value in sorted(bus.stats().items()):
+            bus_family.add_metric([outcome], value)
+        yield bus_family
+
+
+class Metrics:
+    def __init__(self, app: web.Application) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.ack_latency = Histogram(
+            "lanchat_ack_latency_seconds",
+            "From a message's frame arriving to its ack being queued",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.registry.register(_Counters(app))
+
+    def observe_acks(self, latencies: list[float]) -> None:
+        for value in latencies:
+            self.ack_latency.observe(value)
+
+    async def handler(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
