@@ -138,7 +138,9 @@ def make_bus(settings: Settings) -> Bus:
         from .udp import UdpBus
 
         return UdpBus(settings)
-    raise ValueError(f"bus {settings.bus} is not available in this build")
+    from .redisbus import RedisBus
+
+    return RedisBus(settings)
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -1,10 +1,8 @@
-"""UDP bus: broadcast datagrams on the LAN, HMAC-checked, repeats dropped, gaps recovered by NACK.
+"""UDP bus: sealed datagrams broadcast on the LAN (one broadcast domain).
 
-udpsendproc drains a queue onto the broadcast socket; the socket's protocol callback only
-enqueues into a bounded queue that udprecvproc drains. Each node numbers its DATA datagrams
-1, 2, 3, ... per boot and keeps the recent ones; a receiver delivers each peer's datagrams in
-order, holds back those after a gap, asks for the missing ones by a broadcast NACK, and after
-GIVE_UP_S counts them lost and moves on (clients still fetch those messages by seq).
+udpsendproc drains the outbox onto the broadcast socket; the socket's protocol callback only
+enqueues into the bounded inbox that udprecvproc drains. Sequencing, HMAC, repeats and NACK
+recovery are the sequenced bus core's (node/seqbus.py).
 """
 
 from __future__ import annotations
@@ -12,55 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import secrets
 import socket
-import time
-from collections import OrderedDict
 from typing import Any
 
-from .bus import Deliver, PeerEvent
-from .packets import Packet
+from .seqbus import SeqBus
 from .settings import Settings
-from .wire import (
-    MAX_DATAGRAM,
-    Kind,
-    WireError,
-    data_body,
-    heartbeat_body,
-    nack_body,
-    open_datagram,
-    parse_data,
-    parse_heartbeat,
-    parse_nack,
-    seal,
-)
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 1.0
-PEER_TIMEOUT_S = 5.0
-NACK_EVERY_S = 0.05
-NACK_RETRY_S = 0.1
-GIVE_UP_S = 3.0
-RETAIN = 50_000  # datagrams kept to answer NACKs
-MAX_HELD = 20_000  # datagrams held back behind a gap, per peer
-NACK_BATCH = 500
-IN_QUEUE = 100_000
 SOCKET_BUFFER = 8 * 1024 * 1024
-
-
-class _Peer:
-    __slots__ = ("boot", "held", "last_seen", "last_seen_ms", "missing", "next_seq", "present")
-
-    def __init__(self, boot: int) -> None:
-        self.boot = boot
-        self.next_seq = 0  # the next seq to deliver; 0 until the first DATA or heartbeat
-        self.held: dict[int, Packet] = {}
-        self.missing: dict[int, list[float]] = {}  # seq -> [first noticed, last asked]
-        self.last_seen = time.monotonic()
-        self.last_seen_ms = int(time.time() * 1000)
-        self.present = True
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -80,52 +38,17 @@ class _Protocol(asyncio.DatagramProtocol):
         log.warning("bus socket error: %s", exc)
 
 
-class UdpBus:
+class UdpBus(SeqBus):
     name = "udp"
 
     def __init__(self, settings: Settings) -> None:
-        assert settings.cluster_secret
-        self.secret = settings.cluster_secret.encode()
-        self.node = settings.node_id
+        assert settings.cluster_secret, "the UDP bus needs a cluster secret"
+        super().__init__(settings)
         self.port = settings.udp_port
         self.address = (settings.udp_broadcast, settings.udp_port)
-        self.drop_share = settings.udp_drop_percent / 100.0
-        self.boot = secrets.randbits(63) | 1
-        self.seq = 0
-        self.sent: OrderedDict[int, bytes] = OrderedDict()
-        self.peers_by_node: dict[str, _Peer] = {}
-        self.inbox: asyncio.Queue[bytes] = asyncio.Queue(IN_QUEUE)
-        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self.counters = dict.fromkeys(
-            (
-                "sent",
-                "received",
-                "delivered",
-                "rejected",
-                "repeated",
-                "own",
-                "recovered",
-                "lost",
-                "nacks_sent",
-                "resent",
-                "overflow",
-                "dropped_by_setting",
-                "too_big",
-                "socket_errors",
-            ),
-            0,
-        )
-        self._deliver: Deliver | None = None
-        self._on_peer: PeerEvent | None = None
         self._transport: asyncio.DatagramTransport | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._warned_clash = 0.0
 
-    # ---- Bus -----------------------------------------------------------------------------
-
-    async def start(self, deliver: Deliver, on_peer: PeerEvent | None = None) -> None:
-        self._deliver = deliver
-        self._on_peer = on_peer
+    async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_datagram_endpoint(
@@ -141,213 +64,16 @@ class UdpBus:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self._transport = transport
-        for coro, name in (
-            (self.udpsendproc(), "udpsendproc"),
-            (self.udprecvproc(), "udprecvproc"),
-            (self._heartbeats(), "bus heartbeat"),
-            (self._nacks(), "bus nack"),
-        ):
-            self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("bus: udp %s:%d as node %s", self.address[0], self.port, self.node)
 
-    def publish(self, packet: Packet) -> None:
-        self.seq += 1
-        datagram = seal(self.secret, Kind.DATA, self.node, self.boot, self.seq, data_body(packet))
-        if len(datagram) > MAX_DATAGRAM:
-            self.counters["too_big"] += 1
-            log.error("bus: packet of %d bytes is too big for a datagram", len(datagram))
-            self.seq -= 1
-            return
-        self.sent[self.seq] = datagram
-        if len(self.sent) > RETAIN:
-            self.sent.popitem(last=False)
-        self.outbox.put_nowait(datagram)
+    async def _send(self, datagram: bytes) -> None:
+        assert self._transport is not None
+        self._transport.sendto(datagram, self.address)
 
-    def peers(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        return [
-            {"node": node, "last_seen_ms": peer.last_seen_ms}
-            for node, peer in sorted(self.peers_by_node.items())
-            if now - peer.last_seen < PEER_TIMEOUT_S
-        ]
-
-    def stats(self) -> dict[str, int]:
-        return dict(self.counters)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+    async def _close_transport(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
-    # ---- the two processes ---------------------------------------------------------------
-
-    async def udpsendproc(self) -> None:
-        assert self._transport is not None
-        while True:
-            datagram = await self.outbox.get()
-            try:
-                self._transport.sendto(datagram, self.address)
-                self.counters["sent"] += 1
-            except OSError as exc:
-                self.counters["socket_errors"] += 1
-                log.warning("bus send failed: %s", exc)
-
-    async def udprecvproc(self) -> None:
-        while True:
-            data = await self.inbox.get()
-            try:
-                self.handle(data)
-            except Exception:
-                log.exception("bus: handling a datagram failed")
-
-    # ---- receiving -----------------------------------------------------------------------
-
-    def handle(self, data: bytes) -> None:
-        self.counters["received"] += 1
-        if self.drop_share and random.random() < self.drop_share:
-            self.counters["dropped_by_setting"] += 1
-            return
-        try:
-            datagram = open_datagram(self.secret, data)
-        except WireError:
-            self.counters["rejected"] += 1
-            return
-        if datagram.node == self.node:
-            if datagram.boot != self.boot and time.monotonic() - self._warned_clash > 10:
-                self._warned_clash = time.monotonic()
-                log.warning("bus: another node uses this node id %s", self.node)
-            self.counters["own"] += 1
-            return
-        peer = self._peer(datagram.node, datagram.boot)
-        try:
-            if datagram.kind is Kind.DATA:
-                if peer.next_seq == 0:
-                    peer.next_seq = datagram.seq
-                self._on_data(peer, datagram.seq, parse_data(datagram.body))
-            elif datagram.kind is Kind.HEARTBEAT:
-                last = parse_heartbeat(datagram.body)
-                if peer.next_seq == 0:
-                    peer.next_seq = last + 1
-                self._note_until(peer, last)
-            elif datagram.kind is Kind.NACK:
-                self._on_nack(*parse_nack(datagram.body))
-        except WireError:
-            self.counters["rejected"] += 1
-
-    def _peer(self, node: str, boot: int) -> _Peer:
-        peer = self.peers_by_node.get(node)
-        now = time.monotonic()
-        if peer is None or peer.boot != boot:
-            # A new node, or a restarted one: its history before now is not ours to ask for.
-            peer = _Peer(boot)
-            self.peers_by_node[node] = peer
-            log.info("bus: peer %s joined", node)
-            self._peer_event(node, True)
-        elif not peer.present:
-            peer.present = True
-            log.info("bus: peer %s is back", node)
-            self._peer_event(node, True)
-        peer.last_seen = now
-        peer.last_seen_ms = int(time.time() * 1000)
-        return peer
-
-    def _peer_event(self, node: str, joined: bool) -> None:
-        if self._on_peer is not None:
-            self._on_peer(node, joined)
-
-    def _on_data(self, peer: _Peer, seq: int, packet: Packet) -> None:
-        if seq < peer.next_seq or seq in peer.held:
-            self.counters["repeated"] += 1
-            return
-        if peer.missing.pop(seq, None) is not None:
-            self.counters["recovered"] += 1
-        if seq > peer.next_seq:
-            peer.held[seq] = packet
-            self._note_until(peer, seq - 1)
-            if len(peer.held) > MAX_HELD:
-                self._give_up(peer, min(peer.missing, default=peer.next_seq))
-            return
-        self._deliver_now(packet)
-        peer.next_seq = seq + 1
-        self._flush(peer)
-
-    def _flush(self, peer: _Peer) -> None:
-        while (packet := peer.held.pop(peer.next_seq, None)) is not None:
-            self._deliver_now(packet)
-            peer.next_seq += 1
-
-    def _deliver_now(self, packet: Packet) -> None:
-        self.counters["delivered"] += 1
-        assert self._deliver is not None
-        self._deliver(packet)
-
-    def _note_until(self, peer: _Peer, last: int) -> None:
-        """Every seq up to last that has not arrived is missing."""
-        now = time.monotonic()
-        first = peer.next_seq
-        for seq in range(first, min(last, first + MAX_HELD) + 1):
-            if seq not in peer.held and seq not in peer.missing:
-                peer.missing[seq] = [now, 0.0]
-
-    def _give_up(self, peer: _Peer, through: int) -> None:
-        """Count seqs up to through as lost; deliver what was held behind them."""
-        while peer.next_seq <= through:
-            seq = peer.next_seq
-            if seq in peer.held:
-                self._deliver_now(peer.held.pop(seq))
-            else:
-                peer.missing.pop(seq, None)
-                self.counters["lost"] += 1
-            peer.next_seq += 1
-        self._flush(peer)
-
-    def _on_nack(self, node: str, boot: int, seqs: list[int]) -> None:
-        if node != self.node or boot != self.boot:
-            return
-        for seq in seqs:
-            datagram = self.sent.get(seq)
-            if datagram is not None:
-                self.counters["resent"] += 1
-                self.outbox.put_nowait(datagram)
-
-    # ---- timers --------------------------------------------------------------------------
-
-    async def _heartbeats(self) -> None:
-        while True:
-            self.outbox.put_nowait(
-                seal(self.secret, Kind.HEARTBEAT, self.node, self.boot, 0, heartbeat_body(self.seq))
-            )
-            now = time.monotonic()
-            for node, peer in self.peers_by_node.items():
-                if peer.present and now - peer.last_seen > PEER_TIMEOUT_S:
-                    peer.present = False
-                    log.warning("bus: peer %s went silent", node)
-                    self._peer_event(node, False)
-            await asyncio.sleep(HEARTBEAT_S)
-
-    async def _nacks(self) -> None:
-        while True:
-            await asyncio.sleep(NACK_EVERY_S)
-            now = time.monotonic()
-            for node, peer in self.peers_by_node.items():
-                if not peer.missing:
-                    continue
-                expired = [s for s, (first, _) in peer.missing.items() if now - first > GIVE_UP_S]
-                if expired:
-                    log.warning("bus: %d datagrams from %s lost", len(expired), node)
-                    self._give_up(peer, max(expired))
-                ask = [s for s, (_, asked) in peer.missing.items() if now - asked > NACK_RETRY_S]
-                for start in range(0, len(ask), NACK_BATCH):
-                    batch = sorted(ask[start : start + NACK_BATCH])
-                    for seq in batch:
-                        peer.missing[seq][1] = now
-                    body = nack_body(node, peer.boot, batch)
-                    self.outbox.put_nowait(
-                        seal(self.secret, Kind.NACK, self.node, self.boot, 0, body)
-                    )
-                    self.counters["nacks_sent"] += 1
+    # The two processes the LAN bus is known by.
+    udpsendproc = SeqBus.sendproc
+    udprecvproc = SeqBus.recvproc

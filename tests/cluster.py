@@ -66,8 +66,8 @@ class NodeProc:
             LANCHAT_UPLOAD_DIR=str(workdir / "mnt"),
             LANCHAT_SEND_RATE_PER_S="2000",
             LANCHAT_SEND_BURST="2000",
-            **(extra or {}),
         )
+        self.env.update(extra or {})
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
 
