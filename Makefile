@@ -25,6 +25,9 @@ lint: $(VENV)/.installed-test
 test: lint
 	$(BIN)/pytest
 
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/run.py
+
 dist: $(VENV)/.installed-test
 	$(BIN)/pip install -q build
 	$(BIN)/python -m build --outdir dist .

@@ -16,7 +16,7 @@ from . import security, store
 from .auth import COOKIE, Caller, authenticate, check_acting_user
 from .db import sessions
 from .errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
-from .keys import ENGINE, LOGIN_FAILS_ADDR, LOGIN_FAILS_MOBILE, NODE, SETTINGS
+from .keys import ENGINE, LOGIN_FAILS_ADDR, LOGIN_FAILS_MOBILE, NODE, PASSWORDS, SETTINGS
 from .packets import state_packet
 from .params import Params, get_str, media_url, need_int, read_params
 
@@ -114,7 +114,7 @@ async def register(request: web.Request) -> web.Response:
     passwd = get_str(params, "passwd", min_len=6, max_len=72, required=True)
     fields = _profile_fields(params, creating=True)
     fields["nickname"] = fields["nickname"] or mobile[-4:]
-    fields["passwd"] = await security.hash_password(passwd)
+    fields["passwd"] = await request.app[PASSWORDS].hash(passwd)
     user = await store.create_user(request.app[ENGINE], {"mobile": mobile, **fields})
     log.info("registered user=%s", user["id"])
     return await _start_session(request, user)
@@ -141,7 +141,8 @@ async def login(request: web.Request) -> web.Response:
     if by_mobile.blocked(mobile) or by_addr.blocked(addr):
         raise RateLimited("too many failed logins; wait a minute and try again")
     user = await store.user_by_mobile(request.app[ENGINE], mobile)
-    if not await security.verify_password(user["passwd"] if user else None, passwd) or not user:
+    stored = user["passwd"] if user else None
+    if not await request.app[PASSWORDS].verify(stored, passwd) or not user:
         by_mobile.record(mobile)
         by_addr.record(addr)
         log.warning("failed login from %s", addr)
@@ -185,9 +186,9 @@ async def update(request: web.Request, params: Params, caller: Caller) -> web.Re
     new_passwd = get_str(params, "passwd", min_len=6, max_len=72)
     if new_passwd:
         old = get_str(params, "oldpasswd", max_len=72, required=True)
-        if not await security.verify_password(user["passwd"], old):
+        if not await request.app[PASSWORDS].verify(user["passwd"], old):
             raise Forbidden("the current password is wrong")
-        changes["passwd"] = await security.hash_password(new_passwd)
+        changes["passwd"] = await request.app[PASSWORDS].hash(new_passwd)
     await store.update_user(engine, caller.user, changes)
     if new_passwd:
         await _end_other_sessions(request, caller)

@@ -23,6 +23,7 @@ from .keys import (
     LOGIN_FAILS_MOBILE,
     METRICS,
     NODE,
+    PASSWORDS,
     SETTINGS,
     WRITER,
 )
@@ -30,6 +31,7 @@ from .limits import FailureWindow
 from .messages import Writer
 from .metrics import Metrics
 from .node import Node
+from .security import Passwords
 from .settings import Settings
 from .store import ping
 
@@ -151,6 +153,7 @@ def create_app(settings: Settings) -> web.Application:
     app[HUB] = hub
     app[BUS] = bus
     app[NODE] = Node(settings, hub, bus)
+    app[PASSWORDS] = Passwords(settings.password_time_cost, settings.password_memory_kib)
     app[LOGIN_FAILS_MOBILE] = FailureWindow(
         settings.login_fails_per_mobile, settings.login_fail_window_s
     )

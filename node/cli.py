@@ -45,7 +45,7 @@ def _configure_logging(level: str) -> None:
     )
     # aiohttp's access log: one line per request, with the path but never the query string
     # (it carries /chat's token) nor any header.
-    logging.getLogger("aiohttp.access").setLevel(logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(max(logging.INFO, logging.getLogger().level))
     # Driver and migration chatter carries SQL parameters (hashes among them): never below INFO.
     for noisy in ("aiosqlite", "aiomysql", "sqlalchemy", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

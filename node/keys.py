@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .messages import Writer
     from .metrics import Metrics
     from .node import Node
+    from .security import Passwords
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -24,5 +25,6 @@ BUS: web.AppKey[Bus] = web.AppKey("bus")
 NODE: web.AppKey[Node] = web.AppKey("node")
 WRITER: web.AppKey[Writer] = web.AppKey("writer")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords")
 LOGIN_FAILS_MOBILE: web.AppKey[FailureWindow] = web.AppKey("login_fails_mobile")
 LOGIN_FAILS_ADDR: web.AppKey[FailureWindow] = web.AppKey("login_fails_addr")

@@ -19,7 +19,7 @@ from .dispatch import CMD_SINGLE, Chat, ack_frame, conversation_key, delivered, 
 from .hub import Conn
 from .node import Node
 from .packets import Packet, Route
-from .store import ensure_conversation, new_id
+from .store import ensure_conversation
 
 log = logging.getLogger(__name__)
 
@@ -162,32 +162,29 @@ class Writer:
             per_conv.setdefault(conv_id, []).append(i)
         createat = now_ms()
         out: dict[int, Stored] = {}
-        for conv_id in sorted(per_conv):  # one lock order everywhere: no deadlocks
-            items = per_conv[conv_id]
-            await conn.execute(
-                conversations.update()
-                .where(conversations.c.id == conv_id)
-                .values(last_seq=conversations.c.last_seq + len(items))
-            )
-            last = (
-                await conn.execute(
-                    sa.select(conversations.c.last_seq).where(conversations.c.id == conv_id)
-                )
-            ).scalar_one()
-            for seq, i in enumerate(items, start=int(last) - len(items) + 1):
-                chat = batch[i].chat
-                body = {k: v for k, v in chat.fields.items()}
-                result = await conn.execute(
-                    messages.insert().values(
-                        conv_id=conv_id,
-                        seq=seq,
-                        sender=batch[i].conn.user,
-                        client_id=chat.client_id,
-                        createat=createat,
-                        body=orjson.dumps(body).decode(),
+        if per_conv:
+            last = await _advance(conn, {c: len(items) for c, items in per_conv.items()})
+            rows, order = [], []
+            for conv_id, items in per_conv.items():
+                for seq, i in enumerate(items, start=last[conv_id] - len(items) + 1):
+                    chat = batch[i].chat
+                    rows.append(
+                        {
+                            "conv_id": conv_id,
+                            "seq": seq,
+                            "sender": batch[i].conn.user,
+                            "client_id": chat.client_id,
+                            "createat": createat,
+                            "body": orjson.dumps(chat.fields).decode(),
+                        }
                     )
-                )
-                out[i] = Stored(new_id(result), seq, createat, True)
+                    order.append((i, seq))
+            # One multi-row INSERT ... RETURNING for the whole batch, mids in row order.
+            result = await conn.execute(
+                messages.insert().returning(messages.c.mid, sort_by_parameter_order=True), rows
+            )
+            for (i, seq), mid in zip(order, result.scalars().all(), strict=True):
+                out[i] = Stored(int(mid), seq, createat, True)
         results: list[Stored] = []
         for i, pending in enumerate(batch):
             if i in out:
@@ -207,6 +204,25 @@ class Writer:
                 self._convs.clear()
             self._convs[key] = conv_id
         return conv_id
+
+
+async def _advance(conn: AsyncConnection, counts: dict[int, int]) -> dict[int, int]:
+    """Add counts[c] to each conversation's last_seq under its row lock; the new last_seqs.
+
+    One UPDATE for all conversations of the batch: the rows are locked in index order, so
+    writers on several nodes never deadlock, and the SELECT after it sees our own update.
+    """
+    ids = sorted(counts)
+    step = sa.case(counts, value=conversations.c.id, else_=0)
+    await conn.execute(
+        conversations.update()
+        .where(conversations.c.id.in_(ids))
+        .values(last_seq=conversations.c.last_seq + step)
+    )
+    rows = await conn.execute(
+        sa.select(conversations.c.id, conversations.c.last_seq).where(conversations.c.id.in_(ids))
+    )
+    return {int(c): int(last) for c, last in rows}
 
 
 def _is_deadlock(exc: DBAPIError) -> bool:

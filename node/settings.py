@@ -47,6 +47,8 @@ class Settings:
     max_frame_bytes: int = 16 * 1024
     drain_timeout_s: float = 5.0
     udp_drop_percent: float = 0.0
+    password_time_cost: int = 3
+    password_memory_kib: int = 65536
 
     def __post_init__(self) -> None:
         if not self.node_id:
@@ -155,6 +157,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_frame_bytes": (_positive_int, "largest client frame in bytes"),
     "drain_timeout_s": (_positive_float, "seconds allowed to drain on SIGTERM"),
     "udp_drop_percent": (_percent, "test only: drop this share of received datagrams"),
+    "password_time_cost": (_positive_int, "argon2id passes per password hash"),
+    "password_memory_kib": (_positive_int, "argon2id memory per password hash, KiB"),
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)}

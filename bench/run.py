@@ -1,0 +1,475 @@
+"""`make bench`: lanchat against a bare aiohttp relay, on this machine, over the public contract.
+
+Starts the servers it needs (lanchat on the embedded SQLite and on MariaDB, a 3-node cluster on
+the UDP bus, the bare relay), registers users over HTTP, and drives /chat from separate client
+processes. Prints a table and writes the figures to artifacts/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import client  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 2
+MYSQL = "mysql://root:@127.0.0.1:3306/{db}"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, deadline_s: float = 30) -> None:
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()  # noqa: S310 - our own server
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Server:
+    def __init__(self, command: list[str], port: int, env: dict[str, str], cwd: str) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = open(Path(cwd) / f"server-{port}.log", "w")  # closed in stop()
+        self.proc = subprocess.Popen(command, env=env, cwd=cwd, stderr=self.log, stdout=self.log)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def lanchat(workdir: str, db: str, **env: str) -> Server:
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LANCHAT_")}
+    full.update(
+        LANCHAT_PORT=str(port),
+        LANCHAT_DB=db,
+        LANCHAT_LOG_LEVEL="warning",
+        LANCHAT_SEND_RATE_PER_S="100000",
+        LANCHAT_SEND_BURST="100000",
+        LANCHAT_PASSWORD_TIME_COST="1",  # the bench registers thousands of users
+        LANCHAT_PASSWORD_MEMORY_KIB="8192",
+        LANCHAT_QUEUE_MAX_FRAMES="100000",
+        LANCHAT_QUEUE_MAX_BYTES="67108864",
+        **env,
+    )
+    server = Server([sys.executable, "-m", "node", "serve"], port, full, workdir)
+    wait_http(server.base + "/healthz")
+    return server
+
+
+def relay(workdir: str) -> Server:
+    port = free_port()
+    server = Server(
+        [sys.executable, str(ROOT / "bench/relay.py"), str(port)], port, dict(os.environ), workdir
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server
+
+
+def fresh_mysql() -> str:
+    import pymysql
+
+    name = f"lanchat_bench_{secrets.token_hex(4)}"
+    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    conn.close()
+    return name
+
+
+def drop_mysql(name: str) -> None:
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+# ---- users over the public contract ---------------------------------------------------------
+
+
+async def register_many(base: str, count: int, prefix: str) -> list[dict[str, Any]]:
+    sem = asyncio.Semaphore(16)
+    async with aiohttp.ClientSession() as http:
+
+        async def one(i: int) -> dict[str, Any]:
+            async with (
+                sem,
+                http.post(
+                    base + "/user/register",
+                    data={"mobile": f"{prefix}{i:06d}", "passwd": "bench-pass"},
+                ) as r,
+            ):
+                return (await r.json())["data"]
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def befriend(base: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    sem = asyncio.Semaphore(16)
+    async with aiohttp.ClientSession() as http:
+
+        async def one(a, b):
+            async with (
+                sem,
+                http.post(
+                    base + "/contact/addfriend",
+                    data={"dstid": b["id"]},
+                    headers={"Authorization": f"Bearer {a['token']}"},
+                ) as r,
+            ):
+                assert r.status == 200, await r.text()
+
+        await asyncio.gather(*(one(a, b) for a, b in pairs))
+
+
+async def community(base: str, owner: dict[str, Any], members: list[dict[str, Any]]) -> int:
+    sem = asyncio.Semaphore(16)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            base + "/contact/createcommunity",
+            data={"name": "bench"},
+            headers={"Authorization": f"Bearer {owner['token']}"},
+        ) as r:
+            cid = (await r.json())["data"]["id"]
+
+        async def one(m):
+            async with (
+                sem,
+                http.post(
+                    base + "/contact/joincommunity",
+                    data={"dstid": cid},
+                    headers={"Authorization": f"Bearer {m['token']}"},
+                ) as r,
+            ):
+                assert r.status == 200
+
+        await asyncio.gather(*(one(m) for m in members))
+    return cid
+
+
+# ---- scenarios ------------------------------------------------------------------------------
+
+
+def in_workers(kind: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=client.work, args=(kind, job, out)) for job in jobs]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    for r in results:
+        if "failed" in r:
+            raise RuntimeError(f"a client worker failed:\n{r['failed']}")
+    return results
+
+
+def summarise(results: list[dict[str, Any]], elapsed: float | None = None) -> dict[str, Any]:
+    latencies = sorted(x for r in results for x in r["latencies"])
+    delivered = sum(r["delivered"] for r in results)
+    elapsed = elapsed or max(r["elapsed"] for r in results)
+
+    def pct(p: float) -> float:
+        return (
+            round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
+            if latencies
+            else 0.0
+        )
+
+    return {
+        "delivered": delivered,
+        "per_s": round(delivered / elapsed),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
+        "lost": sum(r.get("lost", 0) for r in results),
+        "duplicates": sum(r["duplicates"] for r in results),
+        "errors": sum(r.get("errors", 0) for r in results),
+    }
+
+
+def pairs_jobs(pairs: list[dict[str, Any]], inflight: int, duration: float) -> list[dict[str, Any]]:
+    return [
+        {"pairs": pairs[i::WORKERS], "inflight": inflight, "duration": duration}
+        for i in range(WORKERS)
+    ]
+
+
+def one_to_one(bases: list[str], users: list[dict[str, Any]], inflight: int, duration: float):
+    pairs = [
+        {
+            "sender": users[2 * i],
+            "receiver": users[2 * i + 1],
+            "sender_base": bases[i % len(bases)],
+            "receiver_base": bases[(i + 1) % len(bases)],
+        }
+        for i in range(len(users) // 2)
+    ]
+    return summarise(in_workers("pairs", pairs_jobs(pairs, inflight, duration)))
+
+
+def fan_out(
+    base: str,
+    sender: dict[str, Any],
+    members: list[dict[str, Any]],
+    cid: int,
+    inflight: int,
+    duration: float,
+) -> dict[str, Any]:
+    stop = mp.Event()
+    readies = [mp.Event() for _ in range(WORKERS)]
+    jobs = [
+        {"base": base, "users": members[i::WORKERS], "ready": readies[i], "stop": stop}
+        for i in range(WORKERS)
+    ]
+    out: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=client.work, args=("listeners", job, out)) for job in jobs]
+    for p in procs:
+        p.start()
+    for r in readies:
+        r.wait(120)
+    sent = asyncio.run(_group_sender(base, sender, cid, inflight, duration))
+    stop.set()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    summary = summarise([{**r, "elapsed": sent["elapsed"]} for r in results], sent["elapsed"])
+    expected = sent["acked"] * len(members)
+    summary["lost"] = expected - summary["delivered"]
+    summary["messages"] = sent["acked"]
+    return summary
+
+
+async def _group_sender(base, sender, cid, inflight, duration):
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(client.ws_url(base, sender))
+        credit = asyncio.Semaphore(inflight)
+        acked = 0
+        run_id = secrets.token_hex(4)  # client ids are idempotency keys: never reuse one
+
+        async def acks():
+            nonlocal acked
+            async for msg in ws:
+                if json.loads(msg.data).get("cmd") in (20, 21):
+                    acked += 1
+                    credit.release()
+
+        task = asyncio.create_task(acks())
+        start = time.perf_counter()
+        n = 0
+        while time.perf_counter() - start < duration:
+            await credit.acquire()
+            n += 1
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "id": f"{run_id}-{n}",
+                        "cmd": 11,
+                        "dstid": cid,
+                        "media": 1,
+                        "content": repr(time.perf_counter()),
+                    }
+                )
+            )
+        while acked < n:
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        task.cancel()
+        await ws.close()
+    return {"acked": acked, "elapsed": elapsed}
+
+
+def idle(server: Server, users: list[dict[str, Any]], count: int) -> dict[str, Any]:
+    stop = mp.Event()
+    per = max(1, count // 4)
+    targets = [users[i % len(users)] for i in range(count)]
+    readies = [mp.Event() for _ in range(4)]
+    jobs = [
+        {
+            "base": server.base,
+            "users": targets[i * per : (i + 1) * per],
+            "ready": readies[i],
+            "stop": stop,
+        }
+        for i in range(4)
+    ]
+    before = rss_kib(server.proc.pid)
+    out: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=client.work, args=("idle", job, out)) for job in jobs]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    for r in readies:
+        r.wait(600)
+    elapsed = time.perf_counter() - start
+    time.sleep(1)
+    after = rss_kib(server.proc.pid)
+    stop.set()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    opened = sum(r["opened"] for r in results)
+    return {
+        "connections": opened,
+        "connects_per_s": round(opened / elapsed),
+        "kib_per_connection": round((after - before) / opened, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--idle", type=int, default=10_000)
+    parser.add_argument("--out", default=str(ROOT / "artifacts/bench.json"))
+    args = parser.parse_args()
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "scenarios": {}}
+    scen = results["scenarios"]
+    work = tempfile.mkdtemp(prefix="lanchat-bench-")
+
+    def report(name: str, figures: dict[str, Any]) -> None:
+        scen[name] = figures
+        print(f"{name:38s} " + "  ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+
+    # Baseline: the bare relay (user ids only, no accounts).
+    r = relay(work)
+    fake = [{"id": i + 1} for i in range(2 * args.pairs)]
+    try:
+        for inflight in (1, 10):
+            report(
+                f"relay 1:1 x{args.pairs} inflight={inflight}",
+                one_to_one([r.base], fake, inflight, args.duration),
+            )
+    finally:
+        r.stop()
+
+    # lanchat, one node, on SQLite then on MariaDB.
+    for label in ("sqlite", "mariadb"):
+        dbname = None
+        if label == "sqlite":
+            db = f"sqlite:///{work}/bench-{secrets.token_hex(3)}.db"
+        else:
+            dbname = fresh_mysql()
+            db = MYSQL.format(db=dbname)
+        server = lanchat(work, db)
+        try:
+            users = asyncio.run(register_many(server.base, 2 * args.pairs, f"13{len(scen):02d}"))
+            asyncio.run(
+                befriend(server.base, [(users[2 * i], users[2 * i + 1]) for i in range(args.pairs)])
+            )
+            for inflight in (1, 10):
+                report(
+                    f"lanchat/{label} 1:1 x{args.pairs} inflight={inflight}",
+                    one_to_one([server.base], users, inflight, args.duration),
+                )
+            if label == "sqlite":
+                members = asyncio.run(register_many(server.base, 1000, "1500"))
+                for size in (200, 1000):
+                    cid = asyncio.run(community(server.base, users[0], members[:size]))
+                    report(
+                        f"lanchat/{label} community of {size}",
+                        fan_out(server.base, users[0], members[:size], cid, 4, args.duration),
+                    )
+                report(
+                    f"lanchat/{label} idle connections", idle(server, users + members, args.idle)
+                )
+        finally:
+            server.stop()
+            if dbname:
+                drop_mysql(dbname)
+
+    # Three nodes on the UDP bus sharing MariaDB; each pair spans two nodes.
+    dbname = fresh_mysql()
+    udp = str(free_port(socket.SOCK_DGRAM))
+    nodes = [
+        lanchat(
+            work,
+            MYSQL.format(db=dbname),
+            LANCHAT_BUS="udp",
+            LANCHAT_UDP_PORT=udp,
+            LANCHAT_CLUSTER_SECRET="bench-cluster-secret-0123456789",
+            LANCHAT_NODE_ID=f"bench{i}",
+        )
+        for i in range(3)
+    ]
+    try:
+        time.sleep(2)
+        users = asyncio.run(register_many(nodes[0].base, 2 * args.pairs, "1600"))
+        asyncio.run(
+            befriend(nodes[0].base, [(users[2 * i], users[2 * i + 1]) for i in range(args.pairs)])
+        )
+        report(
+            f"lanchat/cluster3 1:1 x{args.pairs} inflight=10",
+            one_to_one([n.base for n in nodes], users, 10, args.duration),
+        )
+    finally:
+        for n in nodes:
+            n.stop()
+        drop_mysql(dbname)
+
+    relay_1 = scen[f"relay 1:1 x{args.pairs} inflight=1"]["per_s"]
+    relay_10 = scen[f"relay 1:1 x{args.pairs} inflight=10"]["per_s"]
+    single = scen[f"lanchat/mariadb 1:1 x{args.pairs} inflight=10"]["per_s"]
+    cluster = scen[f"lanchat/cluster3 1:1 x{args.pairs} inflight=10"]["per_s"]
+    results["ratios"] = {
+        "sqlite_1_vs_relay": round(
+            scen[f"lanchat/sqlite 1:1 x{args.pairs} inflight=1"]["per_s"] / relay_1, 2
+        ),
+        "sqlite_10_vs_relay": round(
+            scen[f"lanchat/sqlite 1:1 x{args.pairs} inflight=10"]["per_s"] / relay_10, 2
+        ),
+        "cluster_per_node_vs_single_mariadb": round(cluster / 3 / single, 2),
+        "cluster_total_vs_single_mariadb": round(cluster / single, 2),
+    }
+    print("ratios: " + "  ".join(f"{k}={v}" for k, v in results["ratios"].items()))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"figures written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
