@@ -64,7 +64,7 @@ async def error_middleware(
         error.status = exc.status
         error.code = "bad_request" if exc.status < 500 else "internal"
         return _error_response(error)
-    except (OperationalError, DBAPIError, ConnectionError, OSError) as exc:
+    except (OperationalError, DBAPIError, ConnectionError) as exc:
         log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
         return _error_response(Unavailable("the database is unavailable; try again shortly"))
     except Exception:

@@ -47,6 +47,7 @@ class Settings:
     max_frame_bytes: int = 16 * 1024
     drain_timeout_s: float = 5.0
     udp_drop_percent: float = 0.0
+    max_conns_per_user: int = 20
     password_time_cost: int = 3
     password_memory_kib: int = 65536
 
@@ -157,6 +158,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_frame_bytes": (_positive_int, "largest client frame in bytes"),
     "drain_timeout_s": (_positive_float, "seconds allowed to drain on SIGTERM"),
     "udp_drop_percent": (_percent, "test only: drop this share of received datagrams"),
+    "max_conns_per_user": (_positive_int, "WebSocket connections one user may hold on a node"),
     "password_time_cost": (_positive_int, "argon2id passes per password hash"),
     "password_memory_kib": (_positive_int, "argon2id memory per password hash, KiB"),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ from aiohttp import BodyPartReader, web
 
 from .api import authed_stream, ok
 from .auth import Caller
-from .errors import BadRequest, NotFound, TooLarge, UnsupportedType
+from .errors import BadRequest, NotFound, TooLarge, Unavailable, UnsupportedType
 from .keys import SETTINGS
 from .params import Params
 
@@ -78,7 +79,13 @@ async def upload(request: web.Request, params: Params, caller: Caller) -> web.Re
     stem = secrets.token_hex(16)
     partial = directory / f".{stem}.part"
     try:
-        size, head = await _receive(part, partial, settings.max_upload_bytes)
+        try:
+            size, head = await _receive(part, partial, settings.max_upload_bytes)
+        except OSError as exc:
+            log.warning("upload by user=%s failed to store: %s", caller.user, exc)
+            error = Unavailable("the upload could not be stored (the server's disk may be full)")
+            error.status = 507 if exc.errno == errno.ENOSPC else 503
+            raise error from None
         if size == 0:
             raise BadRequest("the file is empty")
         ext = sniff(head)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import dispatch, store
 from .auth import origin_allowed, request_token
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, RateLimited, Unauthorized
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Conn, Loader
 from .keys import ENGINE, HUB, NODE, SETTINGS, WRITER
 from .messages import Pending, Writer
@@ -40,25 +40,34 @@ async def chat(request: web.Request) -> web.StreamResponse:
         raise Unauthorized("the token is not valid for this user")
     if not origin_allowed(request):
         raise Forbidden("connections from this origin are not allowed")
+    if len(app[HUB].conns.get(user, ())) >= settings.max_conns_per_user:
+        raise RateLimited(f"at most {settings.max_conns_per_user} connections per user")
 
     # aiohttp refuses a frame whose length reaches max_msg_size; the limit itself is allowed.
     ws = web.WebSocketResponse(
         max_msg_size=settings.max_frame_bytes + 1, autoping=True, timeout=CLOSE_TIMEOUT_S
     )
-    await ws.prepare(request)
     hub = app[HUB]
     conn = hub.new_conn(user, digest, settings.queue_max_frames, settings.queue_max_bytes)
+    # The hub knows the connection (and its friends and groups) before the client sees the
+    # upgrade: anything sent to the user from then on is queued for it, nothing slips by.
+    try:
+        await hub.attach(conn, _loader(app[ENGINE]))
+    except BaseException:
+        hub.detach(conn)
+        raise
     log.info("connect conn=%s user=%s", conn.id, user)
-    sender = asyncio.create_task(sendproc(ws, conn), name=f"sendproc {conn.id}")
     closer: list[asyncio.Task[None]] = []
+    sender: asyncio.Task[None] | None = None
 
     def on_close(code: int) -> None:
-        if code == CLOSE_TOO_SLOW:
+        if code == CLOSE_TOO_SLOW and sender is not None:
             closer.append(asyncio.create_task(_close_slow(request, ws, sender)))
 
     conn.on_close = on_close
     try:
-        await hub.attach(conn, _loader(app[ENGINE]))
+        await ws.prepare(request)
+        sender = asyncio.create_task(sendproc(ws, conn), name=f"sendproc {conn.id}")
         if len(hub.conns.get(user, ())) == 1:
             app[NODE].presence(user, True)
         await recvproc(request, ws, conn)
@@ -68,7 +77,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             app[NODE].presence(user, False)
         for task in closer:
             await task
-        if not sender.done():
+        if sender is not None and not sender.done():
             conn.close(1000, "")
             try:
                 await asyncio.wait_for(sender, CLOSE_TIMEOUT_S)

@@ -92,7 +92,11 @@ class PrivateMariaDB:
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
         )
-        self.log = open(self.datadir.parent / "mariadb.log", "wb")  # closed in stop()
+        self.start_again()
+
+    def start_again(self) -> None:
+        """Start the server on the existing data directory."""
+        self.log = open(self.datadir.parent / "mariadb.log", "ab")  # closed in stop()
         self.proc = subprocess.Popen(
             [
                 "mariadbd",
@@ -122,7 +126,7 @@ class PrivateMariaDB:
         raise AssertionError("the private MariaDB did not start")
 
     def stop(self) -> None:
-        if self.proc is not None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
             self.log.close()
