@@ -366,6 +366,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--out", default=str(ROOT / "artifacts/bench.json"))
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "scenarios": {}}
     scen = results["scenarios"]
@@ -422,39 +423,45 @@ def main() -> None:
             if dbname:
                 drop_mysql(dbname)
 
-    # Three nodes on the UDP bus sharing MariaDB; each pair spans two nodes.
-    dbname = fresh_mysql()
-    udp = str(free_port(socket.SOCK_DGRAM))
-    nodes = [
-        lanchat(
-            work,
-            MYSQL.format(db=dbname),
-            LANCHAT_BUS="udp",
-            LANCHAT_UDP_PORT=udp,
-            LANCHAT_CLUSTER_SECRET="bench-cluster-secret-0123456789",
-            LANCHAT_NODE_ID=f"bench{i}",
-        )
-        for i in range(3)
-    ]
-    try:
-        time.sleep(2)
-        users = asyncio.run(register_many(nodes[0].base, 2 * args.pairs, "1600"))
-        asyncio.run(
-            befriend(nodes[0].base, [(users[2 * i], users[2 * i + 1]) for i in range(args.pairs)])
-        )
-        report(
-            f"lanchat/cluster3 1:1 x{args.pairs} inflight=10",
-            one_to_one([n.base for n in nodes], users, 10, args.duration),
-        )
-    finally:
-        for n in nodes:
-            n.stop()
-        drop_mysql(dbname)
+    # Three nodes sharing MariaDB, on the UDP bus and on the Redis bus; pairs span two nodes.
+    for bus in ("udp", args.redis):
+        dbname = fresh_mysql()
+        udp = str(free_port(socket.SOCK_DGRAM))
+        secret = f"bench-cluster-secret-{secrets.token_hex(8)}"
+        nodes = [
+            lanchat(
+                work,
+                MYSQL.format(db=dbname),
+                LANCHAT_BUS=bus,
+                LANCHAT_UDP_PORT=udp,
+                LANCHAT_CLUSTER_SECRET=secret,
+                LANCHAT_NODE_ID=f"bench{i}",
+            )
+            for i in range(3)
+        ]
+        label = "udp" if bus == "udp" else "redis"
+        try:
+            time.sleep(2)
+            users = asyncio.run(register_many(nodes[0].base, 2 * args.pairs, f"16{len(scen):02d}"))
+            asyncio.run(
+                befriend(
+                    nodes[0].base, [(users[2 * i], users[2 * i + 1]) for i in range(args.pairs)]
+                )
+            )
+            report(
+                f"lanchat/cluster3-{label} 1:1 x{args.pairs} inflight=10",
+                one_to_one([n.base for n in nodes], users, 10, args.duration),
+            )
+        finally:
+            for n in nodes:
+                n.stop()
+            drop_mysql(dbname)
 
     relay_1 = scen[f"relay 1:1 x{args.pairs} inflight=1"]["per_s"]
     relay_10 = scen[f"relay 1:1 x{args.pairs} inflight=10"]["per_s"]
     single = scen[f"lanchat/mariadb 1:1 x{args.pairs} inflight=10"]["per_s"]
-    cluster = scen[f"lanchat/cluster3 1:1 x{args.pairs} inflight=10"]["per_s"]
+    cluster = scen[f"lanchat/cluster3-udp 1:1 x{args.pairs} inflight=10"]["per_s"]
+    cluster_redis = scen[f"lanchat/cluster3-redis 1:1 x{args.pairs} inflight=10"]["per_s"]
     results["ratios"] = {
         "sqlite_1_vs_relay": round(
             scen[f"lanchat/sqlite 1:1 x{args.pairs} inflight=1"]["per_s"] / relay_1, 2
@@ -464,6 +471,7 @@ def main() -> None:
         ),
         "cluster_per_node_vs_single_mariadb": round(cluster / 3 / single, 2),
         "cluster_total_vs_single_mariadb": round(cluster / single, 2),
+        "cluster_redis_per_node_vs_single_mariadb": round(cluster_redis / 3 / single, 2),
     }
     print("ratios: " + "  ".join(f"{k}={v}" for k, v in results["ratios"].items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ class Settings:
     drain_timeout_s: float = 5.0
     udp_drop_percent: float = 0.0
     max_conns_per_user: int = 20
+    upload_idle_timeout_s: float = 30.0
     password_time_cost: int = 3
     password_memory_kib: int = 65536
 
@@ -159,6 +160,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "drain_timeout_s": (_positive_float, "seconds allowed to drain on SIGTERM"),
     "udp_drop_percent": (_percent, "test only: drop this share of received datagrams"),
     "max_conns_per_user": (_positive_int, "WebSocket connections one user may hold on a node"),
+    "upload_idle_timeout_s": (_positive_float, "an upload that sends nothing this long is dropped"),
     "password_time_cost": (_positive_int, "argon2id passes per password hash"),
     "password_memory_kib": (_positive_int, "argon2id memory per password hash, KiB"),
 }

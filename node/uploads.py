@@ -80,7 +80,9 @@ async def upload(request: web.Request, params: Params, caller: Caller) -> web.Re
     partial = directory / f".{stem}.part"
     try:
         try:
-            size, head = await _receive(part, partial, settings.max_upload_bytes)
+            size, head = await _receive(
+                part, partial, settings.max_upload_bytes, settings.upload_idle_timeout_s
+            )
         except OSError as exc:
             log.warning("upload by user=%s failed to store: %s", caller.user, exc)
             error = Unavailable("the upload could not be stored (the server's disk may be full)")
@@ -99,13 +101,24 @@ async def upload(request: web.Request, params: Params, caller: Caller) -> web.Re
     return ok(f"/mnt/{stem}{ext}")
 
 
-async def _receive(part: BodyPartReader, path: Path, limit: int) -> tuple[int, bytes]:
-    """Stream the part into path; stop at the limit. Returns (size, leading bytes)."""
+async def _receive(
+    part: BodyPartReader, path: Path, limit: int, idle_s: float
+) -> tuple[int, bytes]:
+    """Stream the part into path; stop at the limit or when the sender stalls for idle_s.
+    Returns (size, leading bytes)."""
     size = 0
     head = b""
     handle = await asyncio.to_thread(open, path, "wb")
     try:
-        while chunk := await part.read_chunk(256 * 1024):
+        while True:
+            try:
+                chunk = await asyncio.wait_for(part.read_chunk(256 * 1024), idle_s)
+            except TimeoutError:
+                error = BadRequest(f"the upload stalled for {idle_s:g} seconds")
+                error.status = 408
+                raise error from None
+            if not chunk:
+                break
             size += len(chunk)
             if size > limit:
                 raise TooLarge(f"the file is larger than {limit} bytes")

@@ -144,3 +144,48 @@ async def test_full_disk_upload_is_507_or_503_and_leaves_nothing(
     )
     assert resp.status == 200
     _ = dataclasses
+
+
+async def test_bus_socket_errors_do_not_stop_the_node(make_server):
+    """The bus socket failing to send is counted and logged; messages are still stored,
+    acked and delivered on this node, and the bus carries on when the socket recovers."""
+    import socket as socket_mod
+
+    from node.keys import BUS
+
+    from .cluster import free_port
+
+    api = await make_server(
+        bus="udp",
+        cluster_secret="fault-test-secret-0123456789",
+        udp_port=free_port(socket_mod.SOCK_DGRAM),
+    )
+    bus = api.client.server.app[BUS]
+    real_sendto = bus._transport.sendto
+    broken = {"on": True}
+
+    def sendto(data, addr):
+        if broken["on"]:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        return real_sendto(data, addr)
+
+    bus._transport.sendto = sendto
+    a, b = await api.register(), await api.register()
+    await api.friends(a, b)
+    wa, wb = await api.ws(a), await api.ws(b)
+    await wa.send_str(
+        orjson.dumps(
+            {"id": 1, "cmd": 10, "dstid": b["id"], "media": 1, "content": "still works"}
+        ).decode()
+    )
+    assert orjson.loads((await wa.receive(timeout=10)).data)["cmd"] == 20
+    assert orjson.loads((await wb.receive(timeout=10)).data)["content"] == "still works"
+    health = await (await api.client.get("/healthz")).json()
+    assert health["data"]["counters"]["socket_errors"] > 0
+    broken["on"] = False
+    before = bus.counters["sent"]
+    for _ in range(50):
+        if bus.counters["sent"] > before:
+            break
+        await asyncio.sleep(0.1)
+    assert bus.counters["sent"] > before  # heartbeats go out again

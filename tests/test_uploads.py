@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 
 import aiohttp
 import pytest
 
+NAME_RE = re.compile(r"/mnt/[0-9a-f]{32}\.png")
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
 GIF = b"GIF89a" + b"\x00" * 64
@@ -108,3 +110,46 @@ async def test_mnt_serves_only_stored_names(api, settings):
         resp = await api.client.get(path)
         assert resp.status == 404, path
         assert (await resp.json())["error"] == "not_found"
+
+
+async def test_client_file_names_are_ignored(api, settings):
+    """Path traversal in the file name goes nowhere: lanchat names every file itself."""
+    user = await api.register()
+    for name in ("../../etc/passwd.png", "/tmp/x.png", "..\\..\\win.png"):
+        status, body = await upload(api, user["token"], PNG, filename=name)
+        assert status == 200 and NAME_RE.fullmatch(body["data"]), (name, body)
+    assert len(os.listdir(settings.upload_dir)) == 3
+    assert not os.path.exists("/tmp/x.png") or os.path.getsize("/tmp/x.png") != len(PNG)
+
+
+async def test_huge_headers_are_refused(api):
+    resp = await api.client.get("/healthz", headers={"X-Big": "a" * 20000})
+    assert resp.status in (400, 431)
+
+
+async def test_stalled_upload_is_dropped(make_server, settings):
+    """A client that starts an upload and then sends nothing is cut off; no file stays."""
+    import asyncio
+
+    api = await make_server(upload_idle_timeout_s=0.5)
+    user = await api.register()
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.client.port)
+    boundary = "lanchatboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + PNG
+    writer.write(
+        (
+            f"POST /attach/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {user['token']}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(head) + 100000}\r\n\r\n"
+        ).encode()
+        + head
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert b" 408 " in status_line, status_line
+    writer.close()
+    assert os.listdir(settings.upload_dir) == []
