@@ -164,7 +164,7 @@ class Writer:
         out: dict[int, Stored] = {}
         if per_conv:
             last = await _advance(conn, {c: len(items) for c, items in per_conv.items()})
-            rows, order = [], []
+            rows, where = [], {}
             for conv_id, items in per_conv.items():
                 for seq, i in enumerate(items, start=last[conv_id] - len(items) + 1):
                     chat = batch[i].chat
@@ -178,13 +178,17 @@ class Writer:
                             "body": orjson.dumps(chat.fields).decode(),
                         }
                     )
-                    order.append((i, seq))
-            # One multi-row INSERT ... RETURNING for the whole batch, mids in row order.
+                    where[(conv_id, seq)] = i
+            # One multi-row INSERT ... RETURNING for the whole batch. The rows may come back in
+            # any order; (conv_id, seq) is unique, so it says which mid is whose.
             result = await conn.execute(
-                messages.insert().returning(messages.c.mid, sort_by_parameter_order=True), rows
+                messages.insert().returning(messages.c.mid, messages.c.conv_id, messages.c.seq),
+                rows,
             )
-            for (i, seq), mid in zip(order, result.scalars().all(), strict=True):
-                out[i] = Stored(int(mid), seq, createat, True)
+            for mid, conv_id, seq in result:
+                out[where[(int(conv_id), int(seq))]] = Stored(int(mid), int(seq), createat, True)
+            if len(out) != len(rows):
+                raise RuntimeError("the database returned fewer rows than were inserted")
         results: list[Stored] = []
         for i, pending in enumerate(batch):
             if i in out:

@@ -56,6 +56,9 @@ async def test_no_password_or_token_in_log(tmp_path):
     log = log_path.read_text()
     assert "POST /user/login" in log and "GET /chat" in log  # the log was really written
     assert "registered user=" in log
+    # greppable: every connection line names the connection and the user
+    assert f"connect conn=127.0.0.1:{port}/1 user={user['id']}" in log
+    assert f"disconnect conn=127.0.0.1:{port}/1 user={user['id']}" in log
     for secret in (password, wrong, newpass, *tokens):
         assert secret not in log
     assert "token=" not in log

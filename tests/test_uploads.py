@@ -153,3 +153,15 @@ async def test_stalled_upload_is_dropped(make_server, settings):
     assert b" 408 " in status_line, status_line
     writer.close()
     assert os.listdir(settings.upload_dir) == []
+
+
+async def test_polyglot_is_served_as_an_image_never_a_page(api):
+    """A PNG that carries HTML after its header stays an image: true type, nosniff, sandbox."""
+    user = await api.register()
+    polyglot = PNG + b"<html><script>alert(document.cookie)</script></html>"
+    status, body = await upload(api, user["token"], polyglot, filename="x.html")
+    assert status == 200 and body["data"].endswith(".png")
+    resp = await api.client.get(body["data"])
+    assert resp.headers["Content-Type"] == "image/png"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in resp.headers["Content-Security-Policy"]
