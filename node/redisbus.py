@@ -91,12 +91,19 @@ class RedisBus(SeqBus):
         self.subscribed = value
 
     async def _send(self, datagram: bytes) -> None:
-        """Publish; while Redis is away, keep trying with backoff (the outbox waits, bounded)."""
+        await self._send_many([datagram])
+
+    async def _send_many(self, datagrams: list[bytes]) -> None:
+        """Publish in one pipeline, in order; while Redis is away, keep trying with backoff
+        (the outbox waits, bounded)."""
         assert self._client is not None
         delay = 0.05
         while True:
             try:
-                await self._client.publish(self.channel, datagram)
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for datagram in datagrams:
+                        pipe.publish(self.channel, datagram)
+                    await pipe.execute()
                 self.publishing = True
                 return
             except (RedisError, OSError) as exc:

@@ -45,6 +45,7 @@ RETAIN = 50_000  # datagrams kept to answer NACKs
 MAX_HELD = 20_000  # datagrams held back behind a gap, per peer
 NACK_BATCH = 500
 IN_QUEUE = 100_000
+SEND_BATCH = 256
 
 
 class _Peer:
@@ -166,14 +167,21 @@ class SeqBus:
     # ---- the two processes ---------------------------------------------------------------
 
     async def sendproc(self) -> None:
+        """Drain the outbox: everything queued goes out together (one round trip on Redis)."""
         while True:
-            datagram = await self.outbox.get()
+            batch = [await self.outbox.get()]
+            while len(batch) < SEND_BATCH and not self.outbox.empty():
+                batch.append(self.outbox.get_nowait())
             try:
-                await self._send(datagram)
-                self.counters["sent"] += 1
+                await self._send_many(batch)
+                self.counters["sent"] += len(batch)
             except OSError as exc:
                 self.counters["socket_errors"] += 1
                 log.warning("%s bus: send failed: %s", self.name, exc)
+
+    async def _send_many(self, datagrams: list[bytes]) -> None:
+        for datagram in datagrams:
+            await self._send(datagram)
 
     async def recvproc(self) -> None:
         while True:
