@@ -144,21 +144,24 @@ async def _listeners(job: dict[str, Any]) -> dict[str, Any]:
 async def _idle(job: dict[str, Any]) -> dict[str, Any]:
     """Open many idle WebSockets, hold them until told, report how fast they opened."""
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        start = time.perf_counter()
-        sem = asyncio.Semaphore(200)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            start = time.perf_counter()
+            sem = asyncio.Semaphore(200)
 
-        async def one(user):
-            async with sem:
-                return await http.ws_connect(ws_url(job["base"], user), heartbeat=None)
+            async def one(user):
+                async with sem:
+                    return await http.ws_connect(ws_url(job["base"], user), heartbeat=None)
 
-        sockets = await asyncio.gather(*(one(u) for u in job["users"]))
-        elapsed = time.perf_counter() - start
-        job["ready"].set()
-        while not job["stop"].is_set():
-            await asyncio.sleep(0.1)
-        for ws in sockets:
-            await ws.close()
+            sockets = await asyncio.gather(*(one(u) for u in job["users"]))
+            elapsed = time.perf_counter() - start
+            job["ready"].set()
+            while not job["stop"].is_set():
+                await asyncio.sleep(0.1)
+            for ws in sockets:
+                await ws.close()
+    finally:
+        job["ready"].set()  # never leave the orchestrator waiting, even after a failure
     return {"opened": len(sockets), "elapsed": elapsed}
 
 

@@ -86,6 +86,7 @@ def lanchat(workdir: str, db: str, **env: str) -> Server:
         LANCHAT_PASSWORD_TIME_COST="1",  # the bench registers thousands of users
         LANCHAT_PASSWORD_MEMORY_KIB="8192",
         LANCHAT_QUEUE_MAX_FRAMES="100000",
+        LANCHAT_MAX_CONNS_PER_USER="1000",
         LANCHAT_QUEUE_MAX_BYTES="67108864",
         **env,
     )
@@ -352,6 +353,9 @@ def idle(server: Server, users: list[dict[str, Any]], count: int) -> dict[str, A
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(timeout=60)
+    for r in results:
+        if "failed" in r:
+            raise RuntimeError(f"a client worker failed:\n{r['failed']}")
     opened = sum(r["opened"] for r in results)
     return {
         "connections": opened,

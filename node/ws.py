@@ -140,7 +140,8 @@ async def sendproc(ws: web.WebSocketResponse, conn: Conn) -> None:
     """The connection's only writer: drains its queue, pings when quiet, closes on request."""
     while True:
         try:
-            await asyncio.wait_for(conn.wake.wait(), PING_INTERVAL_S)
+            async with asyncio.timeout(PING_INTERVAL_S):  # no extra task per idle connection
+                await conn.wake.wait()
         except TimeoutError:
             if ws.closed:
                 return
