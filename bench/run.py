@@ -195,6 +195,13 @@ async def community(base: str, owner: dict[str, Any], members: list[dict[str, An
 # ---- scenarios ------------------------------------------------------------------------------
 
 
+def raise_failed(results: list[dict[str, Any]]) -> None:
+    """A worker that failed answers with its traceback instead of figures."""
+    for r in results:
+        if "failed" in r:
+            raise RuntimeError(f"a client worker failed:\n{r['failed']}")
+
+
 def in_workers(kind: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: mp.Queue = mp.Queue()
     procs = [mp.Process(target=client.work, args=(kind, job, out)) for job in jobs]
@@ -203,9 +210,7 @@ def in_workers(kind: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(timeout=30)
-    for r in results:
-        if "failed" in r:
-            raise RuntimeError(f"a client worker failed:\n{r['failed']}")
+    raise_failed(results)
     return results
 
 
@@ -353,9 +358,7 @@ def idle(server: Server, users: list[dict[str, Any]], count: int) -> dict[str, A
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(timeout=60)
-    for r in results:
-        if "failed" in r:
-            raise RuntimeError(f"a client worker failed:\n{r['failed']}")
+    raise_failed(results)
     opened = sum(r["opened"] for r in results)
     return {
         "connections": opened,

@@ -103,6 +103,13 @@ async def behind_nginx(tmp_path):
         drop()
 
 
+def text_to(dstid: int, content: str) -> str:
+    """A one-to-one text frame whose client id is its content."""
+    return orjson.dumps(
+        {"id": content, "cmd": 10, "dstid": dstid, "media": 1, "content": content}
+    ).decode()
+
+
 async def node_of(http, nodes, user_id_count_before):
     """The node whose connection count went up."""
     for node, before in zip(nodes, user_id_count_before, strict=True):
@@ -144,17 +151,7 @@ async def test_through_nginx_and_a_node_killed(behind_nginx):
         raise AssertionError("every user hashed to one node")
     await c.call(entry, "/contact/addfriend", a["token"], dstid=b["id"])
     for n in range(3):
-        await wb.send_str(
-            orjson.dumps(
-                {
-                    "id": f"before{n}",
-                    "cmd": 10,
-                    "dstid": a["id"],
-                    "media": 1,
-                    "content": f"before{n}",
-                }
-            ).decode()
-        )
+        await wb.send_str(text_to(a["id"], f"before{n}"))
         assert (await recv(wb))["cmd"] == 20
         assert (await recv(wa))["content"] == f"before{n}"
     last_seen = 3
@@ -163,17 +160,7 @@ async def test_through_nginx_and_a_node_killed(behind_nginx):
     msg = await wa.receive(timeout=DEADLINE)
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
     for n in range(4):
-        await wb.send_str(
-            orjson.dumps(
-                {
-                    "id": f"during{n}",
-                    "cmd": 10,
-                    "dstid": a["id"],
-                    "media": 1,
-                    "content": f"during{n}",
-                }
-            ).decode()
-        )
+        await wb.send_str(text_to(a["id"], f"during{n}"))
         assert (await recv(wb))["cmd"] == 20
 
     wa = await c.ws(entry, a)  # nginx sends it to a living node
