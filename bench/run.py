@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -21,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -51,11 +54,55 @@ def wait_http(url: str, deadline_s: float = 30) -> None:
             time.sleep(0.1)
 
 
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds the process has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+PROFILE: dict[str, str] = {}  # {"dir": ...} when --profile is given
+
+
+@contextlib.contextmanager
+def profiled(servers: list[Server], name: str) -> Iterator[None]:
+    """With --profile, py-spy samples the servers from outside while the scenario runs (no
+    code of ours in the measured process); raw stacks go to DIR/<scenario>-<port>.txt."""
+    if "dir" not in PROFILE:
+        yield
+        return
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    spies = [
+        subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--pid",
+                str(s.proc.pid),
+                "--output",
+                str(Path(PROFILE["dir"]) / f"{slug}-{s.port}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for s in servers
+    ]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
 
 
 class Server:
@@ -245,7 +292,12 @@ def pairs_jobs(pairs: list[dict[str, Any]], inflight: int, duration: float) -> l
     ]
 
 
-def one_to_one(bases: list[str], users: list[dict[str, Any]], inflight: int, duration: float):
+def one_to_one(
+    name: str, servers: list[Server], users: list[dict[str, Any]], inflight: int, duration: float
+) -> dict[str, Any]:
+    """Pairs spread over the servers; also how busy the servers were (CPU seconds per second
+    of the run, summed over them: 1.0 is one core kept busy)."""
+    bases = [s.base for s in servers]
     pairs = [
         {
             "sender": users[2 * i],
@@ -255,17 +307,25 @@ def one_to_one(bases: list[str], users: list[dict[str, Any]], inflight: int, dur
         }
         for i in range(len(users) // 2)
     ]
-    return summarise(in_workers("pairs", pairs_jobs(pairs, inflight, duration)))
+    before = sum(cpu_s(s.proc.pid) for s in servers)
+    with profiled(servers, name):
+        results = in_workers("pairs", pairs_jobs(pairs, inflight, duration))
+    used = sum(cpu_s(s.proc.pid) for s in servers) - before
+    summary = summarise(results)
+    summary["server_cpu"] = round(used / max(r["elapsed"] for r in results), 2)
+    return summary
 
 
 def fan_out(
-    base: str,
+    name: str,
+    server: Server,
     sender: dict[str, Any],
     members: list[dict[str, Any]],
     cid: int,
     inflight: int,
     duration: float,
 ) -> dict[str, Any]:
+    base = server.base
     stop = mp.Event()
     readies = [mp.Event() for _ in range(WORKERS)]
     jobs = [
@@ -278,7 +338,8 @@ def fan_out(
         p.start()
     for r in readies:
         r.wait(120)
-    sent = asyncio.run(_group_sender(base, sender, cid, inflight, duration))
+    with profiled([server], name):
+        sent = asyncio.run(_group_sender(base, sender, cid, inflight, duration))
     stop.set()
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
@@ -367,6 +428,42 @@ def idle(server: Server, users: list[dict[str, Any]], count: int) -> dict[str, A
     }
 
 
+GROUPS = ("relay", "sqlite", "mariadb", "community", "idle", "udp", "redis")
+
+
+def ratios(scen: dict[str, dict[str, Any]], pairs: int) -> dict[str, float]:
+    """lanchat against the relay and the cluster against one node, for what this run measured."""
+
+    def per_s(name: str) -> float | None:
+        return scen[name]["per_s"] if name in scen else None
+
+    out: dict[str, float] = {}
+
+    def ratio(key: str, num: str, den: str, scale: float = 1.0) -> None:
+        a, b = per_s(num), per_s(den)
+        if a is not None and b:
+            out[key] = round(a / scale / b, 2)
+
+    one = f"1:1 x{pairs}"
+    for n in (1, 10):
+        ratio(
+            f"sqlite_{n}_vs_relay",
+            f"lanchat/sqlite {one} inflight={n}",
+            f"relay {one} inflight={n}",
+        )
+        ratio(
+            f"mariadb_{n}_vs_relay",
+            f"lanchat/mariadb {one} inflight={n}",
+            f"relay {one} inflight={n}",
+        )
+    single = f"lanchat/mariadb {one} inflight=10"
+    for bus in ("udp", "redis"):
+        cluster = f"lanchat/cluster3-{bus} {one} inflight=10"
+        ratio(f"cluster_{bus}_per_node_vs_single_mariadb", cluster, single, 3)
+        ratio(f"cluster_{bus}_total_vs_single_mariadb", cluster, single)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=5.0)
@@ -374,7 +471,21 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--out", default=str(ROOT / "artifacts/bench.json"))
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--only",
+        default=",".join(GROUPS),
+        help=f"comma-separated scenario groups out of {','.join(GROUPS)}",
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", help="sample every server with py-spy into DIR (raw stacks)"
+    )
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if only - set(GROUPS):
+        parser.error(f"unknown scenario groups: {','.join(sorted(only - set(GROUPS)))}")
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        PROFILE["dir"] = args.profile
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "scenarios": {}}
     scen = results["scenarios"]
     work = tempfile.mkdtemp(prefix="lanchat-bench-")
@@ -384,19 +495,20 @@ def main() -> None:
         print(f"{name:38s} " + "  ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
 
     # Baseline: the bare relay (user ids only, no accounts).
-    r = relay(work)
-    fake = [{"id": i + 1} for i in range(2 * args.pairs)]
-    try:
-        for inflight in (1, 10):
-            report(
-                f"relay 1:1 x{args.pairs} inflight={inflight}",
-                one_to_one([r.base], fake, inflight, args.duration),
-            )
-    finally:
-        r.stop()
+    if "relay" in only:
+        r = relay(work)
+        fake = [{"id": i + 1} for i in range(2 * args.pairs)]
+        try:
+            for inflight in (1, 10):
+                name = f"relay 1:1 x{args.pairs} inflight={inflight}"
+                report(name, one_to_one(name, [r], fake, inflight, args.duration))
+        finally:
+            r.stop()
 
     # lanchat, one node, on SQLite then on MariaDB.
     for label in ("sqlite", "mariadb"):
+        if label not in only and (label == "mariadb" or not {"community", "idle"} & only):
+            continue
         dbname = None
         if label == "sqlite":
             db = f"sqlite:///{work}/bench-{secrets.token_hex(3)}.db"
@@ -409,22 +521,22 @@ def main() -> None:
             asyncio.run(
                 befriend(server.base, [(users[2 * i], users[2 * i + 1]) for i in range(args.pairs)])
             )
-            for inflight in (1, 10):
-                report(
-                    f"lanchat/{label} 1:1 x{args.pairs} inflight={inflight}",
-                    one_to_one([server.base], users, inflight, args.duration),
-                )
-            if label == "sqlite":
+            for inflight in (1, 10) if label in only else ():
+                name = f"lanchat/{label} 1:1 x{args.pairs} inflight={inflight}"
+                report(name, one_to_one(name, [server], users, inflight, args.duration))
+            if label == "sqlite" and {"community", "idle"} & only:
                 members = asyncio.run(register_many(server.base, 1000, "1500"))
-                for size in (200, 1000):
+                for size in (200, 1000) if "community" in only else ():
                     cid = asyncio.run(community(server.base, users[0], members[:size]))
+                    name = f"lanchat/{label} community of {size}"
                     report(
-                        f"lanchat/{label} community of {size}",
-                        fan_out(server.base, users[0], members[:size], cid, 4, args.duration),
+                        name, fan_out(name, server, users[0], members[:size], cid, 4, args.duration)
                     )
-                report(
-                    f"lanchat/{label} idle connections", idle(server, users + members, args.idle)
-                )
+                if "idle" in only:
+                    report(
+                        f"lanchat/{label} idle connections",
+                        idle(server, users + members, args.idle),
+                    )
         finally:
             server.stop()
             if dbname:
@@ -432,6 +544,9 @@ def main() -> None:
 
     # Three nodes sharing MariaDB, on the UDP bus and on the Redis bus; pairs span two nodes.
     for bus in ("udp", args.redis):
+        label = "udp" if bus == "udp" else "redis"
+        if label not in only:
+            continue
         dbname = fresh_mysql()
         udp = str(free_port(socket.SOCK_DGRAM))
         secret = f"bench-cluster-secret-{secrets.token_hex(8)}"
@@ -446,7 +561,6 @@ def main() -> None:
             )
             for i in range(3)
         ]
-        label = "udp" if bus == "udp" else "redis"
         try:
             time.sleep(2)
             users = asyncio.run(register_many(nodes[0].base, 2 * args.pairs, f"16{len(scen):02d}"))
@@ -455,31 +569,14 @@ def main() -> None:
                     nodes[0].base, [(users[2 * i], users[2 * i + 1]) for i in range(args.pairs)]
                 )
             )
-            report(
-                f"lanchat/cluster3-{label} 1:1 x{args.pairs} inflight=10",
-                one_to_one([n.base for n in nodes], users, 10, args.duration),
-            )
+            name = f"lanchat/cluster3-{label} 1:1 x{args.pairs} inflight=10"
+            report(name, one_to_one(name, nodes, users, 10, args.duration))
         finally:
             for n in nodes:
                 n.stop()
             drop_mysql(dbname)
 
-    relay_1 = scen[f"relay 1:1 x{args.pairs} inflight=1"]["per_s"]
-    relay_10 = scen[f"relay 1:1 x{args.pairs} inflight=10"]["per_s"]
-    single = scen[f"lanchat/mariadb 1:1 x{args.pairs} inflight=10"]["per_s"]
-    cluster = scen[f"lanchat/cluster3-udp 1:1 x{args.pairs} inflight=10"]["per_s"]
-    cluster_redis = scen[f"lanchat/cluster3-redis 1:1 x{args.pairs} inflight=10"]["per_s"]
-    results["ratios"] = {
-        "sqlite_1_vs_relay": round(
-            scen[f"lanchat/sqlite 1:1 x{args.pairs} inflight=1"]["per_s"] / relay_1, 2
-        ),
-        "sqlite_10_vs_relay": round(
-            scen[f"lanchat/sqlite 1:1 x{args.pairs} inflight=10"]["per_s"] / relay_10, 2
-        ),
-        "cluster_per_node_vs_single_mariadb": round(cluster / 3 / single, 2),
-        "cluster_total_vs_single_mariadb": round(cluster / single, 2),
-        "cluster_redis_per_node_vs_single_mariadb": round(cluster_redis / 3 / single, 2),
-    }
+    results["ratios"] = ratios(scen, args.pairs)
     print("ratios: " + "  ".join(f"{k}={v}" for k, v in results["ratios"].items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

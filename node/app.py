@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import api, history, uploads, ws
 from .bus import Bus, LocalBus
-from .db import make_engine
+from .db import make_engine, make_sync_engine
 from .errors import LanchatError, NotFound, TooLarge, Unavailable, envelope
 from .hub import Hub
 from .keys import (
@@ -162,6 +162,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_bus_ctx)
+    app.cleanup_ctx.append(ws.pinger)
     app.on_shutdown.append(ws.close_all)
     api.add_routes(app)
     history.add_routes(app)
@@ -178,7 +179,7 @@ def create_app(settings: Settings) -> web.Application:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[SETTINGS].db)
     app[ENGINE] = engine
-    writer = Writer(engine, app[NODE])
+    writer = Writer(make_sync_engine(app[SETTINGS].db), app[NODE])
     writer.on_acked = app[METRICS].observe_acks
     app[WRITER] = writer
     writer.start()

@@ -116,24 +116,42 @@ def is_mysql(engine: AsyncEngine | AsyncConnection) -> bool:
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine for the user's plain URL; lanchat picks the driver."""
+    driver_url, options = _driver(url, "aiosqlite", "aiomysql")
+    engine = create_async_engine(driver_url, **options, **kwargs)
+    if url.startswith("sqlite:"):
+        _sqlite_transactions(engine.sync_engine)
+    return engine
+
+
+def make_sync_engine(url: str) -> sa.Engine:
+    """A blocking engine on the same database, for a thread of its own (the message writer):
+    a whole batch then costs one hand-off between threads instead of one per statement."""
+    driver_url, options = _driver(url, "pysqlite", "pymysql")
+    if url.startswith("mysql:"):
+        options["connect_args"] = {"connect_timeout": 10}
+    engine = sa.create_engine(driver_url, pool_size=1, max_overflow=0, **options)
+    if url.startswith("sqlite:"):
+        _sqlite_transactions(engine)
+    return engine
+
+
+def _driver(url: str, sqlite_driver: str, mysql_driver: str) -> tuple[str, dict[str, Any]]:
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(f"sqlite+aiosqlite:///{path}", **kwargs)
-        _sqlite_transactions(engine)
-        return engine
+        return f"sqlite+{sqlite_driver}:///{path}", {}
     if url.startswith("mysql://"):
         parts = urlsplit(url)
         query = parts.query + ("&" if parts.query else "") + "charset=utf8mb4"
-        driver_url = f"mysql+aiomysql://{parts.netloc}{parts.path}?{query}"
-        return create_async_engine(driver_url, pool_recycle=3600, pool_pre_ping=True, **kwargs)
+        driver_url = f"mysql+{mysql_driver}://{parts.netloc}{parts.path}?{query}"
+        return driver_url, {"pool_recycle": 3600, "pool_pre_ping": True}
     raise ValueError(f"unsupported database URL scheme in {safe_url(url)}")
 
 
-def _sqlite_transactions(engine: AsyncEngine) -> None:
+def _sqlite_transactions(engine: sa.Engine) -> None:
     """WAL, a busy timeout, and BEGIN IMMEDIATE so writers serialise instead of deadlocking."""
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -142,7 +160,7 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 

@@ -23,8 +23,8 @@ Loader = Callable[[int], Awaitable[tuple[list[int], list[int]]]]
 
 
 class Conn:
-    """One WebSocket of one user. send() never waits: frames go to a bounded queue that the
-    connection's own writer task (ws.sendproc) drains.
+    """One WebSocket of one user. send() never waits: frames go to a bounded queue, and
+    kick() asks the socket's writer (ws.Flusher) to drain it.
 
     Overflow policy: when the queue holds max_frames frames or max_bytes bytes, the
     connection is closed with 1013 and its queue dropped. Nothing is lost by this: every
@@ -36,15 +36,16 @@ class Conn:
         "close_code",
         "close_reason",
         "id",
+        "kick",
         "max_bytes",
         "max_frames",
         "nbytes",
         "on_close",
+        "ping_due",
         "queue",
         "stats",
         "token_hash",
         "user",
-        "wake",
     )
 
     def __init__(
@@ -64,7 +65,8 @@ class Conn:
         self.max_bytes = max_bytes
         self.queue: deque[bytes] = deque()
         self.nbytes = 0
-        self.wake = asyncio.Event()
+        self.kick: Callable[[], None] = _nothing
+        self.ping_due = False
         self.close_code: int | None = None
         self.close_reason = ""
         self.on_close: Callable[[int], None] | None = None
@@ -82,7 +84,12 @@ class Conn:
         self.queue.append(data)
         self.nbytes += len(data)
         self.stats["frames_out"] += 1
-        self.wake.set()
+        self.kick()
+
+    def ping(self) -> None:
+        if self.close_code is None:
+            self.ping_due = True
+            self.kick()
 
     def take(self) -> bytes | None:
         if not self.queue:
@@ -96,9 +103,13 @@ class Conn:
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
-            self.wake.set()
             if self.on_close is not None:
                 self.on_close(code)
+            self.kick()
+
+
+def _nothing() -> None:
+    pass
 
 
 def event_frame(event: str, dstid: int, **extra: Any) -> bytes:

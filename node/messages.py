@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import conversations, messages, now_ms, readmarks
 from .dispatch import CMD_SINGLE, Chat, ack_frame, conversation_key, delivered, error_frame
 from .hub import Conn
 from .node import Node
 from .packets import Packet, Route
-from .store import ensure_conversation
+from .store import new_id
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +44,31 @@ class Stored:
     fresh: bool  # False: a resend of a message stored before
 
 
+@dataclass(frozen=True, slots=True)
+class Row:
+    """What the writer thread needs of one message: plain values, nothing of the event loop."""
+
+    sender: int
+    client_id: str | None
+    conv: tuple[int, int, int]  # conversation key
+    body: str
+
+
 class Writer:
     """Commits messages in groups without a timer: while one commit runs, new messages queue;
     the next commit takes all of them in one transaction. A lone message waits for no batch,
     a burst costs one commit. Each message is acked and delivered only after its commit.
+
+    The commit runs in a thread of its own on a blocking connection: the whole batch is one
+    hand-off between the event loop and that thread, however many statements it takes.
     """
 
-    def __init__(self, engine: AsyncEngine, node: Node) -> None:
-        self.engine = engine
+    def __init__(self, engine: sa.Engine, node: Node) -> None:
         self.node = node
+        self._batches = BatchStore(engine)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="message-writer")
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._convs: dict[tuple[int, int, int], int] = {}
         self.stats = {"stored": 0, "resends": 0, "commits": 0, "db_errors": 0}
         self.on_acked: Callable[[list[float]], None] | None = None  # ack latencies, seconds
 
@@ -68,13 +83,15 @@ class Writer:
 
     async def close(self) -> None:
         """Commit everything already submitted, then stop."""
-        if self._task is None:
-            return
-        self._queue.put_nowait(None)
-        await self._task
-        self._task = None
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+            self._task = None
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._batches.close)
+        self._thread.shutdown()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
             item = await self._queue.get()
@@ -87,31 +104,32 @@ class Writer:
                     stopping = True
                     break
                 batch.append(more)
-            await self._commit(batch)
+            rows = [
+                Row(
+                    p.conn.user,
+                    p.chat.client_id,
+                    conversation_key(p.chat),
+                    orjson.dumps(p.chat.fields).decode(),
+                )
+                for p in batch
+            ]
+            try:
+                results = await loop.run_in_executor(self._thread, self._batches.store, rows)
+            except (DBAPIError, OSError) as exc:
+                log.warning("storing %d messages failed: %s", len(batch), exc)
+                self._refuse(batch, "unavailable", "the message was not stored; send it again")
+            except Exception:
+                log.exception("storing %d messages failed", len(batch))
+                self._refuse(batch, "internal", "the message was not stored")
+            else:
+                self._finish(batch, results)
 
-    async def _commit(self, batch: list[Pending]) -> None:
-        try:
-            results = await self._store_with_retry(batch)
-        except (DBAPIError, OSError) as exc:
-            self.stats["db_errors"] += 1
-            log.warning("storing %d messages failed: %s", len(batch), exc)
-            for pending in batch:
-                pending.conn.send(
-                    error_frame(
-                        "unavailable",
-                        "the message was not stored; send it again",
-                        pending.chat.frame_id,
-                    )
-                )
-            return
-        except Exception:
-            self.stats["db_errors"] += 1
-            log.exception("storing %d messages failed", len(batch))
-            for pending in batch:
-                pending.conn.send(
-                    error_frame("internal", "the message was not stored", pending.chat.frame_id)
-                )
-            return
+    def _refuse(self, batch: list[Pending], code: str, text: str) -> None:
+        self.stats["db_errors"] += 1
+        for pending in batch:
+            pending.conn.send(error_frame(code, text, pending.chat.frame_id))
+
+    def _finish(self, batch: list[Pending], results: list[Stored]) -> None:
         self.stats["commits"] += 1
         for pending, stored in zip(batch, results, strict=True):
             chat, conn = pending.chat, pending.conn
@@ -129,11 +147,29 @@ class Writer:
             now = time.monotonic()
             self.on_acked([now - p.received for p in batch])
 
-    async def _store_with_retry(self, batch: list[Pending]) -> list[Stored]:
+
+class BatchStore:
+    """The writer thread's side: stores a batch in one transaction on a blocking connection.
+    Used from that one thread only.
+
+    The statements are plain SQL run with exec_driver_sql: their shape changes with every
+    batch (IN lists, a CASE, a multi-row VALUES), so building them as Core expressions cost
+    more than the database did. Connections, events and error wrapping stay SQLAlchemy's.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._convs: dict[tuple[int, int, int], int] = {}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def store(self, rows: list[Row]) -> list[Stored]:
         for attempt in range(RETRIES):
             try:
-                async with self.engine.begin() as conn:
-                    return await self._store(conn, batch)
+                with self.engine.begin() as conn:
+                    return self._store(conn, rows)
             except IntegrityError:
                 # Another node stored the same (sender, id) or created the same conversation
                 # meanwhile; the next attempt sees its row.
@@ -145,118 +181,138 @@ class Writer:
                     raise
         raise AssertionError("unreachable")
 
-    async def _store(self, conn: AsyncConnection, batch: list[Pending]) -> list[Stored]:
-        known = await _known_resends(conn, batch)
+    def _store(self, conn: sa.Connection, batch: list[Row]) -> list[Stored]:
+        known = self._known_resends(conn, batch)
         first_of: dict[tuple[int, str], int] = {}
         fresh: list[int] = []  # indexes into batch of messages to insert
-        for i, pending in enumerate(batch):
-            if pending.chat.client_id is not None:
-                key = (pending.conn.user, pending.chat.client_id)
+        for i, row in enumerate(batch):
+            if row.client_id is not None:
+                key = (row.sender, row.client_id)
                 if key in known or key in first_of:
                     continue
                 first_of[key] = i
             fresh.append(i)
         per_conv: dict[int, list[int]] = {}
         for i in fresh:
-            conv_id = await self._conversation(conn, conversation_key(batch[i].chat))
-            per_conv.setdefault(conv_id, []).append(i)
+            per_conv.setdefault(self._conversation(conn, batch[i].conv), []).append(i)
         createat = now_ms()
         out: dict[int, Stored] = {}
         if per_conv:
-            last = await _advance(conn, {c: len(items) for c, items in per_conv.items()})
-            rows, where = [], {}
+            last = self._advance(conn, {c: len(items) for c, items in per_conv.items()})
+            values: list[Any] = []
+            where = {}
             for conv_id, items in per_conv.items():
                 for seq, i in enumerate(items, start=last[conv_id] - len(items) + 1):
-                    chat = batch[i].chat
-                    rows.append(
-                        {
-                            "conv_id": conv_id,
-                            "seq": seq,
-                            "sender": batch[i].conn.user,
-                            "client_id": chat.client_id,
-                            "createat": createat,
-                            "body": orjson.dumps(chat.fields).decode(),
-                        }
-                    )
+                    row = batch[i]
+                    values += (conv_id, seq, row.sender, row.client_id, createat, row.body)
                     where[(conv_id, seq)] = i
             # One multi-row INSERT ... RETURNING for the whole batch. The rows may come back in
             # any order; (conv_id, seq) is unique, so it says which mid is whose.
-            result = await conn.execute(
-                messages.insert().returning(messages.c.mid, messages.c.conv_id, messages.c.seq),
-                rows,
-            )
-            for mid, conv_id, seq in result:
+            for mid, conv_id, seq in conn.exec_driver_sql(
+                _insert_sql(self._mark, len(where)), tuple(values)
+            ):
                 out[where[(int(conv_id), int(seq))]] = Stored(int(mid), int(seq), createat, True)
-            if len(out) != len(rows):
+            if len(out) != len(where):
                 raise RuntimeError("the database returned fewer rows than were inserted")
         results: list[Stored] = []
-        for i, pending in enumerate(batch):
+        for i, row in enumerate(batch):
             if i in out:
                 results.append(out[i])
                 continue
-            assert pending.chat.client_id is not None
-            key = (pending.conn.user, pending.chat.client_id)
+            assert row.client_id is not None
+            key = (row.sender, row.client_id)
             earlier = known.get(key) or out[first_of[key]]
             results.append(Stored(earlier.mid, earlier.seq, earlier.createat, False))
         return results
 
-    async def _conversation(self, conn: AsyncConnection, key: tuple[int, int, int]) -> int:
+    def _conversation(self, conn: sa.Connection, key: tuple[int, int, int]) -> int:
         conv_id = self._convs.get(key)
         if conv_id is None:
-            conv_id, _ = await ensure_conversation(conn, key)
+            kind, a, b = key
+            found = conn.execute(
+                sa.select(conversations.c.id).where(
+                    conversations.c.kind == kind, conversations.c.a == a, conversations.c.b == b
+                )
+            ).scalar()
+            if found is None:
+                result = conn.execute(
+                    conversations.insert().values(kind=kind, a=a, b=b, last_seq=0)
+                )
+                found = new_id(result)
+            conv_id = int(found)
             if len(self._convs) > 100_000:
                 self._convs.clear()
             self._convs[key] = conv_id
         return conv_id
 
+    def _advance(self, conn: sa.Connection, counts: dict[int, int]) -> dict[int, int]:
+        """Add counts[c] to each conversation's last_seq under its row lock; the new last_seqs.
 
-async def _advance(conn: AsyncConnection, counts: dict[int, int]) -> dict[int, int]:
-    """Add counts[c] to each conversation's last_seq under its row lock; the new last_seqs.
+        One UPDATE for all conversations of the batch: the rows are locked in index order,
+        so writers on several nodes never deadlock, and the SELECT after it sees our update.
+        """
+        ids = tuple(sorted(counts))
+        steps = tuple(x for c in ids for x in (c, counts[c]))
+        conn.exec_driver_sql(_advance_sql(self._mark, len(ids)), steps + ids)
+        rows = conn.exec_driver_sql(_last_seqs_sql(self._mark, len(ids)), ids)
+        return {int(c): int(last) for c, last in rows}
 
-    One UPDATE for all conversations of the batch: the rows are locked in index order, so
-    writers on several nodes never deadlock, and the SELECT after it sees our own update.
-    """
-    ids = sorted(counts)
-    step = sa.case(counts, value=conversations.c.id, else_=0)
-    await conn.execute(
-        conversations.update()
-        .where(conversations.c.id.in_(ids))
-        .values(last_seq=conversations.c.last_seq + step)
-    )
-    rows = await conn.execute(
-        sa.select(conversations.c.id, conversations.c.last_seq).where(conversations.c.id.in_(ids))
-    )
-    return {int(c): int(last) for c, last in rows}
+    def _known_resends(
+        self, conn: sa.Connection, batch: list[Row]
+    ) -> dict[tuple[int, str], Stored]:
+        """Messages of this batch whose (sender, id) is already stored."""
+        wanted = {(r.sender, r.client_id) for r in batch if r.client_id is not None}
+        if not wanted:
+            return {}
+        pairs = tuple(x for pair in wanted for x in pair)
+        rows = conn.exec_driver_sql(_resends_sql(self._mark, len(wanted)), pairs)
+        found: dict[tuple[int, str], Stored] = {}
+        for sender, client_id, mid, seq, createat in rows:
+            if (sender, client_id) in wanted:
+                found[(int(sender), client_id)] = Stored(int(mid), int(seq), int(createat), False)
+        return found
+
+
+# The writer's statements for n items in the driver's placeholder style ("?" or "%s"), each
+# built once per size and kept (sizes are at most MAX_BATCH). Only placeholders are joined
+# into them; every value is bound.
+
+
+def _marks(mark: str, n: int, each: str = "{m}", sep: str = ", ") -> str:
+    return sep.join([each.format(m=mark)] * n)
+
+
+@functools.lru_cache(maxsize=MAX_BATCH)
+def _insert_sql(mark: str, n: int) -> str:
+    rows = _marks(mark, n, f"({_marks(mark, 6)})")
+    columns = "conv_id, seq, sender, client_id, createat, body"
+    return f"INSERT INTO message ({columns}) VALUES {rows} RETURNING mid, conv_id, seq"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=MAX_BATCH)
+def _advance_sql(mark: str, n: int) -> str:
+    whens = _marks(mark, n, "WHEN {m} THEN {m}", " ")
+    ids = _marks(mark, n)
+    step = f"CASE id {whens} ELSE 0 END"
+    return f"UPDATE conversation SET last_seq = last_seq + {step} WHERE id IN ({ids})"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=MAX_BATCH)
+def _last_seqs_sql(mark: str, n: int) -> str:
+    return f"SELECT id, last_seq FROM conversation WHERE id IN ({_marks(mark, n)})"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=MAX_BATCH)
+def _resends_sql(mark: str, n: int) -> str:
+    # An OR of exact (sender, client_id) pairs: SQLite and MariaDB look each one up in the
+    # unique index, where "sender IN (..) AND client_id IN (..)" made them walk the cross.
+    pairs = _marks(mark, n, "(sender = {m} AND client_id = {m})", " OR ")
+    return f"SELECT sender, client_id, mid, seq, createat FROM message WHERE {pairs}"  # noqa: S608
 
 
 def _is_deadlock(exc: DBAPIError) -> bool:
     code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
     return code in (1205, 1213) or "database is locked" in str(exc.orig)
-
-
-async def _known_resends(
-    conn: AsyncConnection, batch: Sequence[Pending]
-) -> dict[tuple[int, str], Stored]:
-    """Messages of this batch whose (sender, id) is already stored."""
-    wanted = {(p.conn.user, p.chat.client_id) for p in batch if p.chat.client_id is not None}
-    if not wanted:
-        return {}
-    senders = {s for s, _ in wanted}
-    ids = {c for _, c in wanted}
-    rows = await conn.execute(
-        sa.select(
-            messages.c.sender,
-            messages.c.client_id,
-            messages.c.mid,
-            messages.c.seq,
-            messages.c.createat,
-        ).where(messages.c.sender.in_(senders), messages.c.client_id.in_(ids))
-    )
-    found: dict[tuple[int, str], Stored] = {}
-    for sender, client_id, mid, seq, createat in rows:
-        if (sender, client_id) in wanted:
-            found[(int(sender), client_id)] = Stored(int(mid), int(seq), int(createat), False)
-    return found
 
 
 # ---- reads ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""WebSocket glue: /chat authentication, per-connection recvproc and sendproc tasks."""
+"""WebSocket glue: /chat authentication, each connection's recvproc and its writer."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import WSMsgType, web
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -57,17 +58,17 @@ async def chat(request: web.Request) -> web.StreamResponse:
         hub.detach(conn)
         raise
     log.info("connect conn=%s user=%s", conn.id, user)
+    flusher = Flusher(ws, conn)
     closer: list[asyncio.Task[None]] = []
-    sender: asyncio.Task[None] | None = None
 
     def on_close(code: int) -> None:
-        if code == CLOSE_TOO_SLOW and sender is not None:
-            closer.append(asyncio.create_task(_close_slow(request, ws, sender)))
+        if code == CLOSE_TOO_SLOW:
+            closer.append(asyncio.create_task(_close_slow(request, ws, flusher.stop())))
 
     conn.on_close = on_close
     try:
         await ws.prepare(request)
-        sender = asyncio.create_task(sendproc(ws, conn), name=f"sendproc {conn.id}")
+        flusher.start()
         if len(hub.conns.get(user, ())) == 1:
             app[NODE].presence(user, True)
         await recvproc(request, ws, conn)
@@ -77,10 +78,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
             app[NODE].presence(user, False)
         for task in closer:
             await task
-        if sender is not None and not sender.done():
-            conn.close(1000, "")
+        conn.close(1000, "")  # what is queued goes out first; a no-op if already closing
+        if (writing := flusher.task) is not None:
             try:
-                await asyncio.wait_for(sender, CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(writing, CLOSE_TIMEOUT_S)
             except (TimeoutError, asyncio.CancelledError):
                 pass
         log.info("disconnect conn=%s user=%s code=%s", conn.id, user, ws.close_code)
@@ -136,36 +137,80 @@ def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> None:
     writer.submit(Pending(frame, conn, time.monotonic()))
 
 
-async def sendproc(ws: web.WebSocketResponse, conn: Conn) -> None:
-    """The connection's only writer: drains its queue, pings when quiet, closes on request."""
-    while True:
+class Flusher:
+    """The connection's only writer. It runs as a task only while the queue has frames (or a
+    ping or close is due), so an idle connection costs no task and no timer; the node's
+    pinger asks each connection for a ping every PING_INTERVAL_S."""
+
+    __slots__ = ("_on", "conn", "task", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, conn: Conn) -> None:
+        self.ws = ws
+        self.conn = conn
+        self.task: asyncio.Task[None] | None = None
+        self._on = False
+
+    def start(self) -> None:
+        """The upgrade is done: write what was queued meanwhile and whatever comes later."""
+        self._on = True
+        self.conn.kick = self.kick
+        self.kick()
+
+    def stop(self) -> asyncio.Task[None] | None:
+        """Write nothing more; the running task (perhaps stuck in a write), for the caller."""
+        self._on = False
+        return self.task
+
+    def kick(self) -> None:
+        if self.task is None and self._on:
+            self.task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        ws, conn = self.ws, self.conn
         try:
-            async with asyncio.timeout(PING_INTERVAL_S):  # no extra task per idle connection
-                await conn.wake.wait()
-        except TimeoutError:
-            if ws.closed:
-                return
-            await ws.ping()
-            continue
-        conn.wake.clear()
-        while (data := conn.take()) is not None:
-            if ws.closed:
-                return
-            await ws.send_frame(data, WSMsgType.TEXT)
-        if conn.close_code is not None:
-            await ws.close(code=conn.close_code, message=conn.close_reason.encode())
-            return
+            while not ws.closed:
+                if conn.ping_due:
+                    conn.ping_due = False
+                    await ws.ping()
+                elif (data := conn.take()) is not None:
+                    await ws.send_frame(data, WSMsgType.TEXT)
+                elif conn.close_code is not None:
+                    await ws.close(code=conn.close_code, message=conn.close_reason.encode())
+                else:
+                    return
+        except ConnectionError:  # the peer went away mid-write; recvproc sees the close
+            conn.queue.clear()
+        finally:
+            self.task = None
+
+
+async def pinger(app: web.Application) -> AsyncIterator[None]:
+    """Pings every connection every PING_INTERVAL_S, so proxies keep quiet sockets open and
+    dead peers are found out; one timer for the node instead of one per connection."""
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            for conn in app[HUB].all_conns():
+                conn.ping()
+
+    task = asyncio.create_task(run(), name="pinger")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _close_slow(
-    request: web.Request, ws: web.WebSocketResponse, sender: asyncio.Task[None]
+    request: web.Request, ws: web.WebSocketResponse, writing: asyncio.Task[None] | None
 ) -> None:
-    """A client too slow to read blocks its sendproc in a write: stop that task, queue the
+    """A client too slow to read blocks its writer in a write: stop that task, queue the
     1013 close frame behind what is already buffered (no waiting for it to drain), and cut the
     TCP connection off if the peer still has not taken it after a grace period."""
-    sender.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sender
+    if writing is not None:
+        writing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing
     transport = request.transport
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(
