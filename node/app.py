@@ -162,7 +162,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_bus_ctx)
-    app.cleanup_ctx.append(ws.pinger)
+    app.cleanup_ctx.append(ws.keeper)
     app.on_shutdown.append(ws.close_all)
     api.add_routes(app)
     history.add_routes(app)

@@ -35,6 +35,7 @@ class Conn:
     __slots__ = (
         "close_code",
         "close_reason",
+        "heard_at",
         "id",
         "kick",
         "max_bytes",
@@ -67,6 +68,7 @@ class Conn:
         self.nbytes = 0
         self.kick: Callable[[], None] = _nothing
         self.ping_due = False
+        self.heard_at = asyncio.get_running_loop().time()  # when the client last sent anything
         self.close_code: int | None = None
         self.close_reason = ""
         self.on_close: Callable[[int], None] | None = None

@@ -15,7 +15,6 @@ payload stays the bytes the first node encoded.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ def _short(data: bytes) -> bytes:
 def seal(secret: bytes, kind: Kind, node: str, boot: int, seq: int, body: bytes) -> bytes:
     head = _HEAD.pack(MAGIC, VERSION, kind, boot, seq) + _short(node.encode())
     unsigned = head + body
-    return unsigned + hmac.new(secret, unsigned, hashlib.sha256).digest()
+    return unsigned + hmac.digest(secret, unsigned, "sha256")
 
 
 def open_datagram(secret: bytes, data: bytes) -> Datagram:
@@ -67,7 +66,7 @@ def open_datagram(secret: bytes, data: bytes) -> Datagram:
     if len(data) < _HEAD.size + 1 + MAC_BYTES:
         raise WireError("too short")
     unsigned, mac = data[:-MAC_BYTES], data[-MAC_BYTES:]
-    if not hmac.compare_digest(mac, hmac.new(secret, unsigned, hashlib.sha256).digest()):
+    if not hmac.compare_digest(mac, hmac.digest(secret, unsigned, "sha256")):
         raise WireError("bad HMAC")
     magic, version, kind, boot, seq = _HEAD.unpack_from(unsigned)
     if magic != MAGIC or version != VERSION:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -46,7 +47,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
     # aiohttp refuses a frame whose length reaches max_msg_size; the limit itself is allowed.
     ws = web.WebSocketResponse(
-        max_msg_size=settings.max_frame_bytes + 1, autoping=True, timeout=CLOSE_TIMEOUT_S
+        max_msg_size=settings.max_frame_bytes + 1,
+        autoping=False,  # recvproc answers pings itself and counts pongs as signs of life
+        compress=False,  # chat frames are small; deflating each one costs more than it saves
+        timeout=CLOSE_TIMEOUT_S,
     )
     hub = app[HUB]
     conn = hub.new_conn(user, digest, settings.queue_max_frames, settings.queue_max_bytes)
@@ -99,16 +103,17 @@ def _loader(engine: AsyncEngine) -> Loader:
 async def recvproc(request: web.Request, ws: web.WebSocketResponse, conn: Conn) -> None:
     """Read frames until the socket closes; each frame is answered or handed to the writer."""
     app = request.app
-    settings, node, writer = app[SETTINGS], app[NODE], app[WRITER]
+    node, writer = app[NODE], app[WRITER]
+    clock = asyncio.get_running_loop().time
     while True:
-        try:
-            msg = await ws.receive(timeout=settings.idle_timeout_s)
-        except TimeoutError:
-            log.info("conn=%s idle for %.0fs, closing", conn.id, settings.idle_timeout_s)
-            conn.close(1000, "idle")
-            return
+        msg = await ws.receive()  # no timer per frame: the keeper finds idle connections
+        conn.heard_at = clock()
         if msg.type is WSMsgType.TEXT:
             _on_text(msg.data, conn, node, writer)
+        elif msg.type is WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif msg.type is WSMsgType.PONG:
+            pass
         elif msg.type is WSMsgType.BINARY:
             conn.close(CLOSE_UNSUPPORTED, "binary frames are not supported")
             return
@@ -140,7 +145,7 @@ def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> None:
 class Flusher:
     """The connection's only writer. It runs as a task only while the queue has frames (or a
     ping or close is due), so an idle connection costs no task and no timer; the node's
-    pinger asks each connection for a ping every PING_INTERVAL_S."""
+    keeper asks each connection for a ping every PING_INTERVAL_S."""
 
     __slots__ = ("_on", "conn", "task", "ws")
 
@@ -184,17 +189,28 @@ class Flusher:
             self.task = None
 
 
-async def pinger(app: web.Application) -> AsyncIterator[None]:
-    """Pings every connection every PING_INTERVAL_S, so proxies keep quiet sockets open and
-    dead peers are found out; one timer for the node instead of one per connection."""
+async def keeper(app: web.Application) -> AsyncIterator[None]:
+    """One timer for the whole node instead of one per connection (or per frame): it pings
+    every connection every PING_INTERVAL_S, so proxies keep quiet sockets open and dead peers
+    are found out, and closes with 1000 those that sent nothing, not even a pong, for
+    idle_timeout_s (give or take a quarter of it)."""
+    idle = app[SETTINGS].idle_timeout_s
+    tick = min(PING_INTERVAL_S, idle / 4)
+    ping_every = max(1, round(PING_INTERVAL_S / tick))
+    clock = asyncio.get_running_loop().time
 
     async def run() -> None:
-        while True:
-            await asyncio.sleep(PING_INTERVAL_S)
+        for n in itertools.count(1):
+            await asyncio.sleep(tick)
+            now = clock()
             for conn in app[HUB].all_conns():
-                conn.ping()
+                if now - conn.heard_at >= idle:
+                    log.info("conn=%s idle for %.0fs, closing", conn.id, now - conn.heard_at)
+                    conn.close(1000, "idle")
+                elif n % ping_every == 0:
+                    conn.ping()
 
-    task = asyncio.create_task(run(), name="pinger")
+    task = asyncio.create_task(run(), name="keeper")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

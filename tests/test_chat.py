@@ -9,6 +9,8 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 
+from node import ws as node_ws
+
 from .test_dispatch import VALID
 
 DEADLINE = 10
@@ -536,11 +538,36 @@ async def test_rate_limit_is_an_error_not_a_disconnect(make_server):
     assert await recv(ws) == {"cmd": 0}
 
 
-async def test_idle_connection_closed_1000(make_server):
+async def test_idle_connection_closed_1000(make_server, monkeypatch):
+    monkeypatch.setattr(node_ws, "PING_INTERVAL_S", 60.0)  # no pings to answer in this test
     api = await make_server(idle_timeout_s=0.5)
     a, _ = await pair(api)
     ws = await api.ws(a, autoping=True)
     await closed_with(ws, 1000)
+
+
+async def test_server_pings_and_a_pong_keeps_the_connection(make_server, monkeypatch):
+    monkeypatch.setattr(node_ws, "PING_INTERVAL_S", 0.2)
+    api = await make_server(idle_timeout_s=1.0)
+    a, b = await pair(api)
+    # A client that never answers: it sees the server's pings, then the idle close.
+    silent = await api.ws(a, autoping=False)
+    msg = await silent.receive(timeout=DEADLINE)
+    assert msg.type is WSMsgType.PING
+    await closed_with(silent, 1000)
+    # A client that answers pings (browsers do; aiohttp's client does while it reads) but
+    # sends nothing else stays connected well past the idle timeout, and gets its messages.
+    quiet = await api.ws(b, autoping=True)
+    reader = asyncio.create_task(recv(quiet))
+    await asyncio.sleep(3.0)
+    assert not reader.done(), reader.result()
+    sender = await api.ws(a)
+    await sender.send_str(
+        orjson.dumps(
+            {"id": "p1", "cmd": 10, "dstid": b["id"], "media": 1, "content": "hi"}
+        ).decode()
+    )
+    assert (await reader)["content"] == "hi"
 
 
 async def test_metrics_count_what_happened(make_server):
