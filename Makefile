@@ -18,8 +18,8 @@ run: $(VENV)/.installed
 	$(BIN)/lanchat serve
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check node tests
-	$(BIN)/ruff format --check node tests
+	$(BIN)/ruff check node tests bench
+	$(BIN)/ruff format --check node tests bench
 	$(BIN)/mypy node
 
 test: lint

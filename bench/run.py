@@ -16,20 +16,19 @@ import os
 import secrets
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import client  # noqa: E402
+import client
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -313,6 +312,9 @@ def one_to_one(
     used = sum(cpu_s(s.proc.pid) for s in servers) - before
     summary = summarise(results)
     summary["server_cpu"] = round(used / max(r["elapsed"] for r in results), 2)
+    # Messages delivered per CPU-second the servers spent: what a node achieves per core when
+    # it has one to itself, which this machine cannot give three nodes at once.
+    summary["per_cpu_s"] = round(summary["delivered"] / used) if used else 0
     return summary
 
 
@@ -434,13 +436,10 @@ GROUPS = ("relay", "sqlite", "mariadb", "community", "idle", "udp", "redis")
 def ratios(scen: dict[str, dict[str, Any]], pairs: int) -> dict[str, float]:
     """lanchat against the relay and the cluster against one node, for what this run measured."""
 
-    def per_s(name: str) -> float | None:
-        return scen[name]["per_s"] if name in scen else None
-
     out: dict[str, float] = {}
 
-    def ratio(key: str, num: str, den: str, scale: float = 1.0) -> None:
-        a, b = per_s(num), per_s(den)
+    def ratio(key: str, num: str, den: str, scale: float = 1.0, figure: str = "per_s") -> None:
+        a, b = (scen[n][figure] if n in scen else None for n in (num, den))
         if a is not None and b:
             out[key] = round(a / scale / b, 2)
 
@@ -461,6 +460,7 @@ def ratios(scen: dict[str, dict[str, Any]], pairs: int) -> dict[str, float]:
         cluster = f"lanchat/cluster3-{bus} {one} inflight=10"
         ratio(f"cluster_{bus}_per_node_vs_single_mariadb", cluster, single, 3)
         ratio(f"cluster_{bus}_total_vs_single_mariadb", cluster, single)
+        ratio(f"cluster_{bus}_per_cpu_vs_single_mariadb", cluster, single, figure="per_cpu_s")
     return out
 
 
