@@ -93,12 +93,17 @@ class Conn:
             self.ping_due = True
             self.kick()
 
-    def take(self) -> bytes | None:
-        if not self.queue:
-            return None
-        data = self.queue.popleft()
-        self.nbytes -= len(data)
-        return data
+    def take(self, max_bytes: int) -> list[bytes]:
+        """The oldest queued frames, as many as fit in max_bytes (at least one)."""
+        frames: list[bytes] = []
+        size = 0
+        queue = self.queue
+        while queue and (not frames or size + len(queue[0]) <= max_bytes):
+            data = queue.popleft()
+            size += len(data)
+            frames.append(data)
+        self.nbytes -= size
+        return frames
 
     def close(self, code: int, reason: str) -> None:
         """Ask the writer task to close the socket with this code."""

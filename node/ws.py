@@ -10,9 +10,10 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractStreamWriter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import dispatch, store
+from . import dispatch, frames, store
 from .auth import origin_allowed, request_token
 from .errors import Forbidden, RateLimited, Unauthorized
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Conn, Loader
@@ -71,8 +72,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
     conn.on_close = on_close
     try:
-        await ws.prepare(request)
-        flusher.start()
+        stream = await ws.prepare(request)
+        assert request.transport is not None
+        flusher.start(stream, request.transport)
         if len(hub.conns.get(user, ())) == 1:
             app[NODE].presence(user, True)
         await recvproc(request, ws, conn)
@@ -142,21 +144,33 @@ def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> None:
     writer.submit(Pending(frame, conn, time.monotonic()))
 
 
+WRITE_MAX_BYTES = 256 * 1024  # frames joined into one write at most
+
+
 class Flusher:
     """The connection's only writer. It runs as a task only while the queue has frames (or a
     ping or close is due), so an idle connection costs no task and no timer; the node's
-    keeper asks each connection for a ping every PING_INTERVAL_S."""
+    keeper asks each connection for a ping every PING_INTERVAL_S.
 
-    __slots__ = ("_on", "conn", "task", "ws")
+    Whatever is queued when it runs goes out in one write to the transport (a community's
+    burst of messages reaches each member in one system call, not one per message); then it
+    waits for the transport to drain, which returns at once unless the client reads slowly.
+    Control frames (ping, close) go through aiohttp's own writer, between whole frames.
+    """
+
+    __slots__ = ("_on", "conn", "stream", "task", "transport", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, conn: Conn) -> None:
         self.ws = ws
         self.conn = conn
         self.task: asyncio.Task[None] | None = None
+        self.stream: AbstractStreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
         self._on = False
 
-    def start(self) -> None:
+    def start(self, stream: AbstractStreamWriter, transport: asyncio.Transport) -> None:
         """The upgrade is done: write what was queued meanwhile and whatever comes later."""
+        self.stream, self.transport = stream, transport
         self._on = True
         self.conn.kick = self.kick
         self.kick()
@@ -171,20 +185,25 @@ class Flusher:
             self.task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        ws, conn = self.ws, self.conn
+        ws, conn, stream, transport = self.ws, self.conn, self.stream, self.transport
+        assert stream is not None and transport is not None  # start() came first
         try:
             while not ws.closed:
                 if conn.ping_due:
                     conn.ping_due = False
                     await ws.ping()
-                elif (data := conn.take()) is not None:
-                    await ws.send_frame(data, WSMsgType.TEXT)
+                elif conn.queue:
+                    if transport.is_closing():
+                        raise ConnectionResetError("the transport is closing")
+                    transport.write(frames.text_frames(conn.take(WRITE_MAX_BYTES)))
+                    await stream.drain()
                 elif conn.close_code is not None:
                     await ws.close(code=conn.close_code, message=conn.close_reason.encode())
                 else:
                     return
         except ConnectionError:  # the peer went away mid-write; recvproc sees the close
             conn.queue.clear()
+            conn.nbytes = 0
         finally:
             self.task = None
 

@@ -12,11 +12,18 @@ from typing import Any
 import aiohttp
 import pymysql
 import pytest
+import uvloop
 from aiohttp.test_utils import TestClient, TestServer
 
 from node.app import create_app
 from node.db import make_engine, upgrade
 from node.settings import Settings
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Every async test runs on uvloop, the loop lanchat serves on."""
+    return {"uvloop": uvloop.new_event_loop}
+
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MYSQL_HOST = os.environ.get("LANCHAT_TEST_MYSQL_HOST", "127.0.0.1")

@@ -426,7 +426,8 @@ async def test_conversations_unread_and_receipts(api):
     await wb1.send_str(
         orjson.dumps({"cmd": 10, "dstid": a["id"], "media": 1, "content": "mine"}).decode()
     )
-    await recv(wb1)
+    while (await recv(wb1))["cmd"] != 20:  # a's messages reach wb1 too; wait for the ack
+        pass
     rows = {
         (r["cmd"], r["dstid"]): r
         for r in (await api.call("/message/conversations", b["token"]))["rows"]

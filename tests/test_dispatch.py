@@ -172,7 +172,7 @@ def test_server_frames():
     }
 
 
-PURE = ("dispatch.py", "packets.py", "limits.py", "errors.py", "settings.py")
+PURE = ("dispatch.py", "packets.py", "limits.py", "errors.py", "settings.py", "frames.py")
 IO_MODULES = {"aiohttp", "asyncio", "socket", "sqlalchemy", "aiosqlite", "aiomysql", "redis"}
 
 

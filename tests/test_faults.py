@@ -161,15 +161,10 @@ async def test_bus_socket_errors_do_not_stop_the_node(make_server):
         udp_port=free_port(socket_mod.SOCK_DGRAM),
     )
     bus = api.client.server.app[BUS]
-    real_sendto = bus._transport.sendto
-    broken = {"on": True}
-
-    def sendto(data, addr):
-        if broken["on"]:
-            raise OSError(errno.ENOBUFS, "No buffer space available")
-        return real_sendto(data, addr)
-
-    bus._transport.sendto = sendto
+    # A real socket error: without SO_BROADCAST the kernel refuses every datagram to the
+    # broadcast address (EACCES) until the option is set again.
+    sock = bus._transport.get_extra_info("socket")
+    sock.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_BROADCAST, 0)
     a, b = await api.register(), await api.register()
     await api.friends(a, b)
     wa, wb = await api.ws(a), await api.ws(b)
@@ -182,7 +177,7 @@ async def test_bus_socket_errors_do_not_stop_the_node(make_server):
     assert orjson.loads((await wb.receive(timeout=10)).data)["content"] == "still works"
     health = await (await api.client.get("/healthz")).json()
     assert health["data"]["counters"]["socket_errors"] > 0
-    broken["on"] = False
+    sock.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_BROADCAST, 1)
     before = bus.counters["sent"]
     for _ in range(50):
         if bus.counters["sent"] > before:
