@@ -340,8 +340,10 @@ def fan_out(
         p.start()
     for r in readies:
         r.wait(120)
+    before = cpu_s(server.proc.pid)
     with profiled([server], name):
         sent = asyncio.run(_group_sender(base, sender, cid, inflight, duration))
+    used = cpu_s(server.proc.pid) - before
     stop.set()
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
@@ -350,6 +352,7 @@ def fan_out(
     expected = sent["acked"] * len(members)
     summary["lost"] = expected - summary["delivered"]
     summary["messages"] = sent["acked"]
+    summary["server_cpu"] = round(used / sent["elapsed"], 2)
     return summary
 
 
@@ -528,10 +531,12 @@ def main() -> None:
                 members = asyncio.run(register_many(server.base, 1000, "1500"))
                 for size in (200, 1000) if "community" in only else ():
                     cid = asyncio.run(community(server.base, users[0], members[:size]))
-                    name = f"lanchat/{label} community of {size}"
-                    report(
-                        name, fan_out(name, server, users[0], members[:size], cid, 4, args.duration)
-                    )
+                    for inflight in (4, 16):  # messages the one sender keeps unacked
+                        name = f"lanchat/{label} community of {size} inflight={inflight}"
+                        figures = fan_out(
+                            name, server, users[0], members[:size], cid, inflight, args.duration
+                        )
+                        report(name, figures)
                 if "idle" in only:
                     report(
                         f"lanchat/{label} idle connections",
