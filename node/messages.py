@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,70 +60,84 @@ class Writer:
     the next commit takes all of them in one transaction. A lone message waits for no batch,
     a burst costs one commit. Each message is acked and delivered only after its commit.
 
-    The commit runs in a thread of its own on a blocking connection: the whole batch is one
-    hand-off between the event loop and that thread, however many statements it takes.
+    The commits run in a thread of their own on a blocking connection, one after the other
+    with no trip through the event loop in between: the loop hands each message over on a
+    thread-safe queue, and the thread hands each committed batch back with
+    call_soon_threadsafe, where it is acked and delivered while the next batch commits.
     """
 
     def __init__(self, engine: sa.Engine, node: Node) -> None:
         self.node = node
         self._batches = BatchStore(engine)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="message-writer")
-        self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._inbox: queue.SimpleQueue[tuple[Pending, Row] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self.stats = {"stored": 0, "resends": 0, "commits": 0, "db_errors": 0}
         self.on_acked: Callable[[list[float]], None] | None = None  # ack latencies, seconds
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="message-writer")
+        loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._work, args=(loop, self._stopped), name="message-writer", daemon=True
+        )
+        self._thread.start()
 
     def submit(self, pending: Pending) -> None:
-        self._queue.put_nowait(pending)
+        chat = pending.chat
+        row = Row(
+            pending.conn.user,
+            chat.client_id,
+            conversation_key(chat),
+            orjson.dumps(chat.fields).decode(),
+        )
+        self._inbox.put((pending, row))
 
     def backlog(self) -> int:
-        return self._queue.qsize()
+        return self._inbox.qsize()
 
     async def close(self) -> None:
         """Commit everything already submitted, then stop."""
-        if self._task is not None:
-            self._queue.put_nowait(None)
-            await self._task
-            self._task = None
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._batches.close)
-        self._thread.shutdown()
+        if self._thread is None or self._stopped is None:
+            return
+        self._inbox.put(None)
+        await self._stopped
+        self._thread.join()  # it has nothing left to do but return
+        self._thread = None
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        stopping = False
-        while not stopping:
-            item = await self._queue.get()
-            if item is None:
-                break
-            batch = [item]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                more = self._queue.get_nowait()
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
-            rows = [
-                Row(
-                    p.conn.user,
-                    p.chat.client_id,
-                    conversation_key(p.chat),
-                    orjson.dumps(p.chat.fields).decode(),
-                )
-                for p in batch
-            ]
-            try:
-                results = await loop.run_in_executor(self._thread, self._batches.store, rows)
-            except (DBAPIError, OSError) as exc:
-                log.warning("storing %d messages failed: %s", len(batch), exc)
-                self._refuse(batch, "unavailable", "the message was not stored; send it again")
-            except Exception:
-                log.exception("storing %d messages failed", len(batch))
-                self._refuse(batch, "internal", "the message was not stored")
-            else:
-                self._finish(batch, results)
+    def _work(self, loop: asyncio.AbstractEventLoop, stopped: asyncio.Future[None]) -> None:
+        """The writer thread: take what is queued, commit it, hand the outcome to the loop."""
+        inbox = self._inbox
+        try:
+            while (item := inbox.get()) is not None:
+                batch = [item]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        more = inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        inbox.put(None)  # stop after this batch
+                        break
+                    batch.append(more)
+                pendings = [p for p, _ in batch]
+                try:
+                    results = self._batches.store([row for _, row in batch])
+                except Exception as exc:  # reported on the loop, where the senders are told
+                    loop.call_soon_threadsafe(self._failed, pendings, exc)
+                else:
+                    loop.call_soon_threadsafe(self._finish, pendings, results)
+        finally:
+            self._batches.close()
+            loop.call_soon_threadsafe(stopped.set_result, None)
+
+    def _failed(self, batch: list[Pending], exc: Exception) -> None:
+        if isinstance(exc, DBAPIError | OSError):
+            log.warning("storing %d messages failed: %s", len(batch), exc)
+            self._refuse(batch, "unavailable", "the message was not stored; send it again")
+        else:
+            log.error("storing %d messages failed", len(batch), exc_info=exc)
+            self._refuse(batch, "internal", "the message was not stored")
 
     def _refuse(self, batch: list[Pending], code: str, text: str) -> None:
         self.stats["db_errors"] += 1
