@@ -79,6 +79,19 @@ def open_datagram(secret: bytes, data: bytes) -> Datagram:
     return Datagram(kind, node.decode(errors="replace"), boot, seq, unsigned[offset:])
 
 
+def claimed_sender(data: bytes) -> tuple[str, int] | None:
+    """The (node, boot) a datagram names as its sender, unchecked: good only for dropping a
+    node's own broadcasts, which loop back to it, without paying to verify them. A forgery
+    naming this node would be dropped as its own after the check anyway."""
+    if len(data) < _HEAD.size + 1 + MAC_BYTES:
+        return None
+    boot = _HEAD.unpack_from(data)[3]
+    end = _HEAD.size + 1 + data[_HEAD.size]
+    if end > len(data) - MAC_BYTES:
+        return None
+    return data[_HEAD.size + 1 : end].decode(errors="replace"), boot
+
+
 def _read_short(data: bytes, offset: int) -> tuple[bytes, int]:
     if offset >= len(data):
         raise WireError("truncated")

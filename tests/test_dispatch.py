@@ -172,7 +172,15 @@ def test_server_frames():
     }
 
 
-PURE = ("dispatch.py", "packets.py", "limits.py", "errors.py", "settings.py", "frames.py")
+PURE = (
+    "dispatch.py",
+    "packets.py",
+    "limits.py",
+    "errors.py",
+    "settings.py",
+    "frames.py",
+    "wire.py",
+)
 IO_MODULES = {"aiohttp", "asyncio", "socket", "sqlalchemy", "aiosqlite", "aiomysql", "redis"}
 
 
