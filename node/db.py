@@ -158,6 +158,7 @@ def _sqlite_transactions(engine: sa.Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA temp_store=MEMORY")  # IN lists and ORs build temporary b-trees
         cursor.close()
 
     @event.listens_for(engine, "begin")
