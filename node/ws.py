@@ -204,6 +204,13 @@ class Flusher:
         except ConnectionError:  # the peer went away mid-write; recvproc sees the close
             conn.queue.clear()
             conn.nbytes = 0
+        except Exception:
+            log.exception(
+                "conn=%s user=%s writing failed, dropping the connection", conn.id, conn.user
+            )
+            conn.queue.clear()
+            conn.nbytes = 0
+            transport.abort()  # recvproc sees the socket end and cleans up
         finally:
             self.task = None
 
