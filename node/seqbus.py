@@ -21,7 +21,9 @@ from .bus import Deliver, PeerEvent
 from .packets import Packet
 from .settings import Settings
 from .wire import (
+    DATA_OVERHEAD,
     MAX_DATAGRAM,
+    PACKET_OVERHEAD,
     Kind,
     WireError,
     claimed_sender,
@@ -29,6 +31,7 @@ from .wire import (
     heartbeat_body,
     nack_body,
     open_datagram,
+    packet_bytes,
     parse_data,
     parse_heartbeat,
     parse_nack,
@@ -55,7 +58,7 @@ class _Peer:
     def __init__(self, boot: int) -> None:
         self.boot = boot
         self.next_seq = 0  # the next seq to deliver; 0 until the first DATA or heartbeat
-        self.held: dict[int, Packet] = {}
+        self.held: dict[int, list[Packet]] = {}  # seq -> the packets of that datagram
         self.missing: dict[int, list[float]] = {}  # seq -> [first noticed, last asked]
         self.last_seen = time.monotonic()
         self.last_seen_ms = int(time.time() * 1000)
@@ -79,9 +82,11 @@ class SeqBus:
         self.peers_by_node: dict[str, _Peer] = {}
         self.inbox: asyncio.Queue[bytes] = asyncio.Queue(IN_QUEUE)
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pending: list[bytes] = []  # packets published, not yet sealed into a datagram
         self.counters = dict.fromkeys(
             (
                 "sent",
+                "packets_sent",
                 "received",
                 "delivered",
                 "rejected",
@@ -134,16 +139,38 @@ class SeqBus:
         raise NotImplementedError
 
     def publish(self, packet: Packet) -> None:
-        self.seq += 1
-        datagram = seal(self.secret, Kind.DATA, self.node, self.boot, self.seq, data_body(packet))
-        if len(datagram) > MAX_DATAGRAM:
+        """Queue the packet for the next DATA datagram: every packet published before the loop
+        comes round (a committed batch of messages, say) travels in the same one."""
+        one = packet_bytes(packet)
+        if len(one) + PACKET_OVERHEAD + DATA_OVERHEAD > MAX_DATAGRAM:
             self.counters["too_big"] += 1
-            log.error("bus: packet of %d bytes is too big for a datagram", len(datagram))
-            self.seq -= 1
+            log.error("bus: packet of %d bytes is too big for a datagram", len(one))
             return
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._seal_pending)
+        self._pending.append(one)
+
+    def _seal_pending(self) -> None:
+        """Number and seal what was published, in as few datagrams as fit, and send them."""
+        pending, self._pending = self._pending, []
+        room = MAX_DATAGRAM - DATA_OVERHEAD
+        start, size = 0, 0
+        for i, one in enumerate(pending):
+            if i > start and size + len(one) + PACKET_OVERHEAD > room:
+                self._seal(pending[start:i])
+                start, size = i, 0
+            size += len(one) + PACKET_OVERHEAD
+        if pending:
+            self._seal(pending[start:])
+
+    def _seal(self, packets: list[bytes]) -> None:
+        self.seq += 1
+        body = data_body(packets)
+        datagram = seal(self.secret, Kind.DATA, self.node, self.boot, self.seq, body)
         self.sent[self.seq] = datagram
         if len(self.sent) > RETAIN:
             self.sent.popitem(last=False)
+        self.counters["packets_sent"] += len(packets)
         self.outbox.put_nowait(datagram)
 
     def peers(self) -> list[dict[str, Any]]:
@@ -251,31 +278,32 @@ class SeqBus:
         if self._on_peer is not None:
             self._on_peer(node, joined)
 
-    def _on_data(self, peer: _Peer, seq: int, packet: Packet) -> None:
+    def _on_data(self, peer: _Peer, seq: int, packets: list[Packet]) -> None:
         if seq < peer.next_seq or seq in peer.held:
             self.counters["repeated"] += 1
             return
         if peer.missing.pop(seq, None) is not None:
             self.counters["recovered"] += 1
         if seq > peer.next_seq:
-            peer.held[seq] = packet
+            peer.held[seq] = packets
             self._note_until(peer, seq - 1)
             if len(peer.held) > MAX_HELD:
                 self._give_up(peer, min(peer.missing, default=peer.next_seq))
             return
-        self._deliver_now(packet)
+        self._deliver_now(packets)
         peer.next_seq = seq + 1
         self._flush(peer)
 
     def _flush(self, peer: _Peer) -> None:
-        while (packet := peer.held.pop(peer.next_seq, None)) is not None:
-            self._deliver_now(packet)
+        while (packets := peer.held.pop(peer.next_seq, None)) is not None:
+            self._deliver_now(packets)
             peer.next_seq += 1
 
-    def _deliver_now(self, packet: Packet) -> None:
-        self.counters["delivered"] += 1
+    def _deliver_now(self, packets: list[Packet]) -> None:
+        self.counters["delivered"] += len(packets)
         assert self._deliver is not None
-        self._deliver(packet)
+        for packet in packets:
+            self._deliver(packet)
 
     def _note_until(self, peer: _Peer, last: int) -> None:
         """Every seq up to last that has not arrived is missing."""

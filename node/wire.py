@@ -4,12 +4,15 @@
     | body | HMAC-SHA256(secret, everything before) (32 bytes)
 
 Bodies by kind:
-    DATA       route u8 | exclude (u8 length + bytes) | n u16 | n x target i64 | payload
+    DATA       count u16 | count x (length u32 | packet)
+               packet: route u8 | exclude (u8 length + bytes) | n u16 | n x target i64 | payload
     HEARTBEAT  last seq u64 (the newest DATA seq this boot sent, 0 for none)
     NACK       boot u64 of the peer asked | peer node id (u8 length + bytes) | n u16 | n x seq u64
 
-A node answers a NACK by broadcasting the asked DATA datagrams again, byte for byte; receivers
-that already have them drop them as repeats. Receivers route DATA on the header alone: the
+One DATA datagram carries every packet the node published since its last one (up to
+MAX_DATAGRAM bytes), so a burst costs one seal, one send and one check per receiver. A node
+answers a NACK by broadcasting the asked DATA datagrams again, byte for byte; receivers that
+already have them drop them as repeats. Receivers route each packet on its header alone: the
 payload stays the bytes the first node encoded.
 """
 
@@ -17,13 +20,14 @@ from __future__ import annotations
 
 import hmac
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 from .packets import Packet, Route
 
 MAGIC = b"LC"
-VERSION = 1
+VERSION = 2  # 2: DATA carries several packets
 MAC_BYTES = 32
 MAX_DATAGRAM = 65_000
 
@@ -101,16 +105,49 @@ def _read_short(data: bytes, offset: int) -> tuple[bytes, int]:
     return data[offset + 1 : end], end
 
 
-def data_body(packet: Packet) -> bytes:
+DATA_OVERHEAD = _HEAD.size + 256 + 2 + MAC_BYTES  # a DATA datagram around its packets
+PACKET_OVERHEAD = 4  # the length before each packet
+
+
+def packet_bytes(packet: Packet) -> bytes:
+    """One packet as it travels inside a DATA body."""
     parts = [bytes([packet.route]), _short(packet.exclude.encode())]
     parts.append(struct.pack(f"!H{len(packet.targets)}q", len(packet.targets), *packet.targets))
     parts.append(packet.payload)
     return b"".join(parts)
 
 
-def parse_data(body: bytes) -> Packet:
-    if not body:
+def data_body(packets: Sequence[bytes]) -> bytes:
+    """The DATA body for packets already encoded with packet_bytes."""
+    parts = [struct.pack("!H", len(packets))]
+    for one in packets:
+        parts.append(struct.pack("!I", len(one)))
+        parts.append(one)
+    return b"".join(parts)
+
+
+def parse_data(body: bytes) -> list[Packet]:
+    if len(body) < 2:
         raise WireError("empty DATA")
+    (count,) = struct.unpack_from("!H", body)
+    offset, packets = 2, []
+    for _ in range(count):
+        if offset + 4 > len(body):
+            raise WireError("truncated")
+        (length,) = struct.unpack_from("!I", body, offset)
+        offset += 4
+        if offset + length > len(body):
+            raise WireError("truncated")
+        packets.append(_parse_packet(body[offset : offset + length]))
+        offset += length
+    if offset != len(body) or not packets:
+        raise WireError("bad DATA")
+    return packets
+
+
+def _parse_packet(body: bytes) -> Packet:
+    if not body:
+        raise WireError("empty packet")
     try:
         route = Route(body[0])
     except ValueError:

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from node.packets import Packet, Route
-from node.wire import Kind, data_body, seal
+from node.wire import Kind, data_body, packet_bytes, seal
 
 from .cluster import SECRET, Client, NodeProc, free_port, wait_healthy
 from .conftest import CI, fresh_mysql_database, need_mysql
@@ -181,7 +181,7 @@ async def test_forged_and_corrupted_datagrams_reach_no_one(cluster):
             "createat": 1,
         }
     )
-    body = data_body(Packet(Route.USERS, (b["id"],), frame))
+    body = data_body([packet_bytes(Packet(Route.USERS, (b["id"],), frame))])
     wrong_key = seal(b"not-the-cluster-secret", Kind.DATA, "intruder", 1, 1, body)
     genuine = seal(cluster.secret.encode(), Kind.DATA, "intruder", 7, 1, body)
     flipped = bytearray(genuine)

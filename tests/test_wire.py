@@ -5,14 +5,23 @@ from __future__ import annotations
 import pytest
 
 from node.packets import Packet, Route
-from node.wire import Kind, WireError, claimed_sender, data_body, open_datagram, seal
+from node.wire import (
+    Kind,
+    WireError,
+    claimed_sender,
+    data_body,
+    open_datagram,
+    packet_bytes,
+    parse_data,
+    seal,
+)
 
 SECRET = b"wire-test-secret-0123456789"
 
 
 def _datagram(node: str = "n1", boot: int = 77, seq: int = 5) -> bytes:
     packet = Packet(Route.USERS, (1, 2), b'{"cmd":10}', "n1/3")
-    return seal(SECRET, Kind.DATA, node, boot, seq, data_body(packet))
+    return seal(SECRET, Kind.DATA, node, boot, seq, data_body([packet_bytes(packet)]))
 
 
 def test_sealed_datagram_opens_with_its_header():
@@ -38,3 +47,29 @@ OVERLONG_NODE = b"LC\x01\x01" + bytes(16) + b"\xff" + b"x" * 40
 @pytest.mark.parametrize("data", [b"", b"LC", b"x" * 40, OVERLONG_NODE])
 def test_claimed_sender_of_junk_is_none(data):
     assert claimed_sender(data) is None
+
+
+def test_one_datagram_carries_several_packets_in_order():
+    packets = [
+        Packet(Route.USERS, (1, 2), b'{"n":1}', "n1/3"),
+        Packet(Route.GROUP, (9,), b'{"n":2}'),
+        Packet(Route.STATE, (), b"{}"),
+    ]
+    data = seal(SECRET, Kind.DATA, "n1", 1, 1, data_body([packet_bytes(p) for p in packets]))
+    assert parse_data(open_datagram(SECRET, data).body) == packets
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # no count
+        b"\x00\x00",  # no packets
+        b"\x00\x02" + b"\x00\x00\x00\x01" + b"\x01",  # fewer packets than counted
+        b"\x00\x01" + b"\x00\x00\x00\x09" + b"\x01",  # a length past the end
+        data_body([packet_bytes(Packet(Route.GROUP, (9,), b"{}"))]) + b"x",  # trailing bytes
+        b"\x00\x01" + b"\x00\x00\x00\x01" + b"\x07",  # an unknown route
+    ],
+)
+def test_malformed_data_bodies_are_refused(body):
+    with pytest.raises(WireError):
+        parse_data(body)
