@@ -148,17 +148,17 @@ WRITE_MAX_BYTES = 256 * 1024  # frames joined into one write at most
 
 
 class Flusher:
-    """The connection's only writer. It runs as a task only while the queue has frames (or a
-    ping or close is due), so an idle connection costs no task and no timer; the node's
-    keeper asks each connection for a ping every PING_INTERVAL_S.
+    """The connection's only writer; an idle connection costs it no task and no timer (the
+    node's keeper asks each connection for a ping every PING_INTERVAL_S).
 
-    Whatever is queued when it runs goes out in one write to the transport (a community's
-    burst of messages reaches each member in one system call, not one per message); then it
-    waits for the transport to drain, which returns at once unless the client reads slowly.
-    Control frames (ping, close) go through aiohttp's own writer, between whole frames.
+    Frames queued during one turn of the event loop go out at the end of it in one write to
+    the transport (a community's burst of messages reaches each member in one system call,
+    not one per message). That needs no task while the transport has room; a ping, a close,
+    or a client reading too slowly to keep up hands over to a task that also waits for the
+    transport to drain. Control frames go through aiohttp's own writer, between whole frames.
     """
 
-    __slots__ = ("_on", "conn", "stream", "task", "transport", "ws")
+    __slots__ = ("_high", "_on", "_scheduled", "conn", "stream", "task", "transport", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, conn: Conn) -> None:
         self.ws = ws
@@ -167,10 +167,13 @@ class Flusher:
         self.stream: AbstractStreamWriter | None = None
         self.transport: asyncio.Transport | None = None
         self._on = False
+        self._scheduled = False
+        self._high = 0
 
     def start(self, stream: AbstractStreamWriter, transport: asyncio.Transport) -> None:
         """The upgrade is done: write what was queued meanwhile and whatever comes later."""
         self.stream, self.transport = stream, transport
+        self._high = transport.get_write_buffer_limits()[1]
         self._on = True
         self.conn.kick = self.kick
         self.kick()
@@ -181,8 +184,45 @@ class Flusher:
         return self.task
 
     def kick(self) -> None:
-        if self.task is None and self._on:
+        if self.task is not None or not self._on:
+            return  # a running task takes what was queued
+        if self.conn.close_code is not None or self.conn.ping_due:
             self.task = asyncio.get_running_loop().create_task(self._flush())
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._write)
+
+    def _write(self) -> None:
+        """End of the loop turn: write what was queued, or hand over to the task."""
+        self._scheduled = False
+        if self.task is not None or not self._on:
+            return
+        conn, transport = self.conn, self.transport
+        assert transport is not None
+        try:
+            if (
+                conn.close_code is None
+                and not conn.ping_due
+                and not self.ws.closed
+                and not transport.is_closing()
+                and transport.get_write_buffer_size() < self._high
+            ):
+                if conn.queue:
+                    transport.write(frames.text_frames(conn.take(WRITE_MAX_BYTES)))
+                if not conn.queue:
+                    return
+        except Exception:
+            self._failed()
+            return
+        self.task = asyncio.get_running_loop().create_task(self._flush())
+
+    def _failed(self) -> None:
+        conn = self.conn
+        log.exception("conn=%s user=%s writing failed, dropping the connection", conn.id, conn.user)
+        conn.queue.clear()
+        conn.nbytes = 0
+        if self.transport is not None:
+            self.transport.abort()  # recvproc sees the socket end and cleans up
 
     async def _flush(self) -> None:
         ws, conn, stream, transport = self.ws, self.conn, self.stream, self.transport
@@ -205,12 +245,7 @@ class Flusher:
             conn.queue.clear()
             conn.nbytes = 0
         except Exception:
-            log.exception(
-                "conn=%s user=%s writing failed, dropping the connection", conn.id, conn.user
-            )
-            conn.queue.clear()
-            conn.nbytes = 0
-            transport.abort()  # recvproc sees the socket end and cleans up
+            self._failed()
         finally:
             self.task = None
 
