@@ -79,8 +79,7 @@ class Conn:
         if len(self.queue) >= self.max_frames or self.nbytes + len(data) > self.max_bytes:
             log.warning("conn=%s user=%s outbound queue full, closing 1013", self.id, self.user)
             self.stats["overflows"] += 1
-            self.queue.clear()
-            self.nbytes = 0
+            self.discard()
             self.close(CLOSE_TOO_SLOW, "too slow")
             return
         self.queue.append(data)
@@ -104,6 +103,11 @@ class Conn:
             frames.append(data)
         self.nbytes -= size
         return frames
+
+    def discard(self) -> None:
+        """Drop everything queued (the client fetches stored messages by seq)."""
+        self.queue.clear()
+        self.nbytes = 0
 
     def close(self, code: int, reason: str) -> None:
         """Ask the writer task to close the socket with this code."""

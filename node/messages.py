@@ -22,7 +22,7 @@ from .dispatch import CMD_SINGLE, Chat, ack_frame, conversation_key, delivered, 
 from .hub import Conn
 from .node import Node
 from .packets import Packet, Route
-from .store import new_id
+from .store import conversation_insert, conversation_lookup, new_id
 
 log = logging.getLogger(__name__)
 
@@ -243,18 +243,8 @@ class BatchStore:
     def _conversation(self, conn: sa.Connection, key: tuple[int, int, int]) -> int:
         conv_id = self._convs.get(key)
         if conv_id is None:
-            kind, a, b = key
-            found = conn.execute(
-                sa.select(conversations.c.id).where(
-                    conversations.c.kind == kind, conversations.c.a == a, conversations.c.b == b
-                )
-            ).scalar()
-            if found is None:
-                result = conn.execute(
-                    conversations.insert().values(kind=kind, a=a, b=b, last_seq=0)
-                )
-                found = new_id(result)
-            conv_id = int(found)
+            row = conn.execute(conversation_lookup(key)).first()
+            conv_id = int(row[0]) if row else new_id(conn.execute(conversation_insert(key)))
             if len(self._convs) > 100_000:
                 self._convs.clear()
             self._convs[key] = conv_id
@@ -342,15 +332,8 @@ def row_message(row: Any) -> dict[str, Any]:
 async def find_conversation(
     engine: AsyncEngine, key: tuple[int, int, int]
 ) -> tuple[int, int] | None:
-    kind, a, b = key
     async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.select(conversations.c.id, conversations.c.last_seq).where(
-                    conversations.c.kind == kind, conversations.c.a == a, conversations.c.b == b
-                )
-            )
-        ).first()
+        row = (await conn.execute(conversation_lookup(key))).first()
     return (int(row[0]), int(row[1])) if row else None
 
 

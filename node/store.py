@@ -107,17 +107,24 @@ async def public_users(engine: AsyncEngine, ids: list[int]) -> list[dict[str, An
 # ---- conversations and read markers (created with friendships and memberships) ----------
 
 
-async def ensure_conversation(conn: AsyncConnection, key: tuple[int, int, int]) -> tuple[int, int]:
-    """(id, last_seq) of the conversation with this key, creating it if needed."""
+def conversation_lookup(key: tuple[int, int, int]) -> sa.Select[int, int]:
+    """(id, last_seq) of the conversation with this key, if it exists."""
     kind, a, b = key
     where = (conversations.c.kind == kind, conversations.c.a == a, conversations.c.b == b)
-    row = (
-        await conn.execute(sa.select(conversations.c.id, conversations.c.last_seq).where(*where))
-    ).first()
+    return sa.select(conversations.c.id, conversations.c.last_seq).where(*where)
+
+
+def conversation_insert(key: tuple[int, int, int]) -> sa.Insert:
+    kind, a, b = key
+    return conversations.insert().values(kind=kind, a=a, b=b, last_seq=0)
+
+
+async def ensure_conversation(conn: AsyncConnection, key: tuple[int, int, int]) -> tuple[int, int]:
+    """(id, last_seq) of the conversation with this key, creating it if needed."""
+    row = (await conn.execute(conversation_lookup(key))).first()
     if row:
         return int(row[0]), int(row[1])
-    result = await conn.execute(conversations.insert().values(kind=kind, a=a, b=b, last_seq=0))
-    return new_id(result), 0
+    return new_id(await conn.execute(conversation_insert(key))), 0
 
 
 async def set_readmark(conn: AsyncConnection, uid: int, conv_id: int, read_seq: int) -> None:

@@ -219,8 +219,7 @@ class Flusher:
     def _failed(self) -> None:
         conn = self.conn
         log.exception("conn=%s user=%s writing failed, dropping the connection", conn.id, conn.user)
-        conn.queue.clear()
-        conn.nbytes = 0
+        conn.discard()
         if self.transport is not None:
             self.transport.abort()  # recvproc sees the socket end and cleans up
 
@@ -242,8 +241,7 @@ class Flusher:
                 else:
                     return
         except ConnectionError:  # the peer went away mid-write; recvproc sees the close
-            conn.queue.clear()
-            conn.nbytes = 0
+            conn.discard()
         except Exception:
             self._failed()
         finally:
