@@ -150,6 +150,8 @@ async def test_through_nginx_and_a_node_killed(behind_nginx):
     else:
         raise AssertionError("every user hashed to one node")
     await c.call(entry, "/contact/addfriend", a["token"], dstid=b["id"])
+    # b's node learns the friendship over the bus; its event says b may write to a now
+    assert (await recv(wb, skip=()))["event"] == "friend_added"
     for n in range(3):
         await wb.send_str(text_to(a["id"], f"before{n}"))
         assert (await recv(wb))["cmd"] == 20
