@@ -144,7 +144,7 @@ def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> None:
     writer.submit(Pending(frame, conn, time.monotonic()))
 
 
-WRITE_MAX_BYTES = 256 * 1024  # frames joined into one write at most
+WRITE_MAX_BYTES = 64 * 1024  # frames joined into one write at most
 
 
 class Flusher:
@@ -234,8 +234,10 @@ class Flusher:
                 elif conn.queue:
                     if transport.is_closing():
                         raise ConnectionResetError("the transport is closing")
+                    if transport.get_write_buffer_size() > self._high:
+                        await stream.drain()  # paused: nothing more into its buffer until then
+                        continue
                     transport.write(frames.text_frames(conn.take(WRITE_MAX_BYTES)))
-                    await stream.drain()
                 elif conn.close_code is not None:
                     await ws.close(code=conn.close_code, message=conn.close_reason.encode())
                 else:
