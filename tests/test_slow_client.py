@@ -67,7 +67,8 @@ def _close_code(sock: socket.socket) -> int | None:
 
 
 async def test_never_reading_client_closed_1013_others_unaffected(make_server):
-    api = await make_server(queue_max_frames=200)
+    # the sender's rate limit is not under test: thousands of messages may go before the cut
+    api = await make_server(queue_max_frames=200, send_burst=10_000)
     a, slow = await pair(api)
     c, d = await pair(api)
     raw = await asyncio.to_thread(_handshake, api.client.port, slow["id"], slow["token"])
