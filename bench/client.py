@@ -43,6 +43,7 @@ async def _pairs(job: dict[str, Any]) -> dict[str, Any]:
             )
             conns.append((pair, s, r))
         start = time.perf_counter()
+        cpu_start = time.process_time()
         stop_at = start + duration
 
         async def run(index: int, pair, s, r) -> None:
@@ -99,11 +100,12 @@ async def _pairs(job: dict[str, Any]) -> dict[str, Any]:
 
         await asyncio.gather(*(run(i, *c) for i, c in enumerate(conns)))
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
         for _, s, r in conns:
             await s.close()
             await r.close()
     stats["lost"] = stats["sent"] - stats["delivered"] - stats["errors"]
-    return {**stats, "latencies": latencies, "elapsed": elapsed}
+    return {**stats, "latencies": latencies, "elapsed": elapsed, "cpu_s": cpu}
 
 
 async def _listeners(job: dict[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,13 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_cpu_s(pid: int) -> float:
+    """CPU seconds of the process's main thread (the event loop) alone; the rest of cpu_s is
+    its other threads (the message writer, the async database driver's threads)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -307,11 +314,17 @@ def one_to_one(
         for i in range(len(users) // 2)
     ]
     before = sum(cpu_s(s.proc.pid) for s in servers)
+    loop_before = sum(loop_cpu_s(s.proc.pid) for s in servers)
     with profiled(servers, name):
         results = in_workers("pairs", pairs_jobs(pairs, inflight, duration))
     used = sum(cpu_s(s.proc.pid) for s in servers) - before
+    loop_used = sum(loop_cpu_s(s.proc.pid) for s in servers) - loop_before
     summary = summarise(results)
-    summary["server_cpu"] = round(used / max(r["elapsed"] for r in results), 2)
+    elapsed = max(r["elapsed"] for r in results)
+    summary["server_cpu"] = round(used / elapsed, 2)
+    summary["loop_cpu"] = round(loop_used / elapsed, 2)  # of server_cpu, the event loop's
+    # The load generator's processes, on the same cores: what is left for the servers.
+    summary["client_cpu"] = round(sum(r["cpu_s"] for r in results) / elapsed, 2)
     # Messages delivered per CPU-second the servers spent: what a node achieves per core when
     # it has one to itself, which this machine cannot give three nodes at once.
     summary["per_cpu_s"] = round(summary["delivered"] / used) if used else 0

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import conversations, messages, now_ms, readmarks
@@ -22,7 +22,7 @@ from .dispatch import CMD_SINGLE, Chat, ack_frame, conversation_key, delivered, 
 from .hub import Conn
 from .node import Node
 from .packets import Packet, Route
-from .store import conversation_insert, conversation_lookup, new_id
+from .store import conversation_insert, conversation_lookup
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Writer:
             loop.call_soon_threadsafe(stopped.set_result, None)
 
     def _failed(self, batch: list[Pending], exc: Exception) -> None:
-        if isinstance(exc, DBAPIError | OSError):
+        if isinstance(exc, self._batches.errors):
             log.warning("storing %d messages failed: %s", len(batch), exc)
             self._refuse(batch, "unavailable", "the message was not stored; send it again")
         else:
@@ -164,40 +164,81 @@ class Writer:
 
 
 class BatchStore:
-    """The writer thread's side: stores a batch in one transaction on a blocking connection.
-    Used from that one thread only.
+    """The writer thread's side: stores a batch in one transaction. Used from that one thread.
 
-    The statements are plain SQL run with exec_driver_sql: their shape changes with every
-    batch (IN lists, a CASE, a multi-row VALUES), so building them as Core expressions cost
-    more than the database did. Connections, events and error wrapping stay SQLAlchemy's.
+    It holds one driver connection from the engine's pool (so the engine's connect-time
+    settings apply) and talks to it directly with plain SQL: the statements change shape with
+    every batch (a multi-row VALUES, a CASE, IN lists), and the SQLAlchemy layer around each
+    one cost more than the database did. A connection the driver reports lost is dropped and
+    the batch tried again on a new one.
+
+    A batch is first written without looking for resends: the unique (sender, client_id)
+    index refuses a message stored before, and only then is the batch written again with the
+    lookup. Resends are rare (a client that reconnected before its ack came), so nearly every
+    batch saves that query.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        self._mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        dialect = engine.dialect
+        dbapi: Any = dialect.dbapi  # the driver module: sqlite3 or pymysql
+        self.errors: tuple[type[BaseException], ...] = (DBAPIError, dbapi.Error, OSError)
+        self._integrity: type[BaseException] = dbapi.IntegrityError
+        self._sqlite = dialect.name == "sqlite"
+        self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self._convs: dict[tuple[int, int, int], int] = {}
+        self._raw: Any = None  # the pool's connection, checked out for as long as it works
 
     def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         self.engine.dispose()
 
     def store(self, rows: list[Row]) -> list[Stored]:
+        lookup = False
         for attempt in range(RETRIES):
+            last = attempt == RETRIES - 1
+            raw = self._raw = self._raw or self.engine.raw_connection()
+            cursor = raw.cursor()
             try:
-                with self.engine.begin() as conn:
-                    return self._store(conn, rows)
-            except IntegrityError:
-                # Another node stored the same (sender, id) or created the same conversation
-                # meanwhile; the next attempt sees its row.
+                if self._sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")  # take the write lock before reading
+                stored = self._store(cursor, rows, lookup)
+                raw.commit()
+                return stored
+            except self._integrity:
+                # A resend of a stored message, or another node stored the same (sender, id)
+                # or created the same conversation meanwhile: again, looking first.
+                self._rollback()
                 self._convs.clear()
-                if attempt == RETRIES - 1:
+                lookup = True
+                if last:
                     raise
-            except DBAPIError as exc:
-                if not _is_deadlock(exc) or attempt == RETRIES - 1:
+            except self.errors as exc:
+                if self._lost(exc):
+                    self._raw.invalidate()
+                    self._raw = None
+                else:
+                    self._rollback()
+                if last or not (self._lost(exc) or _is_deadlock(exc)):
                     raise
+            finally:
+                cursor.close()
         raise AssertionError("unreachable")
 
-    def _store(self, conn: sa.Connection, batch: list[Row]) -> list[Stored]:
-        known = self._known_resends(conn, batch)
+    def _lost(self, exc: Any) -> bool:
+        return self.engine.dialect.is_disconnect(exc, self._raw, None)
+
+    def _rollback(self) -> None:
+        try:
+            self._raw.rollback()
+        except self.errors:
+            self._raw.invalidate()
+            self._raw = None
+
+    def _store(self, cursor: Any, batch: list[Row], lookup: bool) -> list[Stored]:
+        known = self._known_resends(cursor, batch) if lookup else {}
         first_of: dict[tuple[int, str], int] = {}
         fresh: list[int] = []  # indexes into batch of messages to insert
         for i, row in enumerate(batch):
@@ -209,11 +250,11 @@ class BatchStore:
             fresh.append(i)
         per_conv: dict[int, list[int]] = {}
         for i in fresh:
-            per_conv.setdefault(self._conversation(conn, batch[i].conv), []).append(i)
+            per_conv.setdefault(self._conversation(cursor, batch[i].conv), []).append(i)
         createat = now_ms()
         out: dict[int, Stored] = {}
         if per_conv:
-            last = self._advance(conn, {c: len(items) for c, items in per_conv.items()})
+            last = self._advance(cursor, {c: len(items) for c, items in per_conv.items()})
             values: list[Any] = []
             where = {}
             for conv_id, items in per_conv.items():
@@ -223,9 +264,8 @@ class BatchStore:
                     where[(conv_id, seq)] = i
             # One multi-row INSERT ... RETURNING for the whole batch. The rows may come back in
             # any order; (conv_id, seq) is unique, so it says which mid is whose.
-            for mid, conv_id, seq in conn.exec_driver_sql(
-                _insert_sql(self._mark, len(where)), tuple(values)
-            ):
+            cursor.execute(_insert_sql(self._mark, len(where)), values)
+            for mid, conv_id, seq in cursor.fetchall():
                 out[where[(int(conv_id), int(seq))]] = Stored(int(mid), int(seq), createat, True)
             if len(out) != len(where):
                 raise RuntimeError("the database returned fewer rows than were inserted")
@@ -240,39 +280,52 @@ class BatchStore:
             results.append(Stored(earlier.mid, earlier.seq, earlier.createat, False))
         return results
 
-    def _conversation(self, conn: sa.Connection, key: tuple[int, int, int]) -> int:
+    def _conversation(self, cursor: Any, key: tuple[int, int, int]) -> int:
         conv_id = self._convs.get(key)
         if conv_id is None:
-            row = conn.execute(conversation_lookup(key)).first()
-            conv_id = int(row[0]) if row else new_id(conn.execute(conversation_insert(key)))
+            found = self._run(cursor, conversation_lookup(key)).fetchone()
+            if found:
+                conv_id = int(found[0])
+            else:
+                conv_id = int(self._run(cursor, conversation_insert(key)).lastrowid)
             if len(self._convs) > 100_000:
                 self._convs.clear()
             self._convs[key] = conv_id
         return conv_id
 
-    def _advance(self, conn: sa.Connection, counts: dict[int, int]) -> dict[int, int]:
+    def _run(self, cursor: Any, statement: sa.ClauseElement) -> Any:
+        """A Core statement (the shared conversation lookup and insert) on the raw cursor."""
+        compiled = statement.compile(dialect=self.engine.dialect)
+        params: Any = compiled.params
+        order = getattr(compiled, "positiontup", None)
+        if order is not None:  # qmark (SQLite); pymysql takes the names
+            params = [params[name] for name in order]
+        cursor.execute(str(compiled), params)
+        return cursor
+
+    def _advance(self, cursor: Any, counts: dict[int, int]) -> dict[int, int]:
         """Add counts[c] to each conversation's last_seq under its row lock; the new last_seqs.
 
         One UPDATE for all conversations of the batch: the rows are locked in index order,
-        so writers on several nodes never deadlock, and the SELECT after it sees our update.
+        so writers on several nodes never deadlock. SQLite returns the new values from the
+        UPDATE itself; MariaDB has no UPDATE ... RETURNING, so a SELECT after it reads them.
         """
         ids = tuple(sorted(counts))
         steps = tuple(x for c in ids for x in (c, counts[c]))
-        conn.exec_driver_sql(_advance_sql(self._mark, len(ids)), steps + ids)
-        rows = conn.exec_driver_sql(_last_seqs_sql(self._mark, len(ids)), ids)
-        return {int(c): int(last) for c, last in rows}
+        cursor.execute(_advance_sql(self._mark, len(ids), self._sqlite), steps + ids)
+        if not self._sqlite:
+            cursor.execute(_last_seqs_sql(self._mark, len(ids)), ids)
+        return {int(c): int(last) for c, last in cursor.fetchall()}
 
-    def _known_resends(
-        self, conn: sa.Connection, batch: list[Row]
-    ) -> dict[tuple[int, str], Stored]:
+    def _known_resends(self, cursor: Any, batch: list[Row]) -> dict[tuple[int, str], Stored]:
         """Messages of this batch whose (sender, id) is already stored."""
         wanted = {(r.sender, r.client_id) for r in batch if r.client_id is not None}
         if not wanted:
             return {}
         pairs = tuple(x for pair in wanted for x in pair)
-        rows = conn.exec_driver_sql(_resends_sql(self._mark, len(wanted)), pairs)
+        cursor.execute(_resends_sql(self._mark, len(wanted)), pairs)
         found: dict[tuple[int, str], Stored] = {}
-        for sender, client_id, mid, seq, createat in rows:
+        for sender, client_id, mid, seq, createat in cursor.fetchall():
             if (sender, client_id) in wanted:
                 found[(int(sender), client_id)] = Stored(int(mid), int(seq), int(createat), False)
         return found
@@ -295,11 +348,12 @@ def _insert_sql(mark: str, n: int) -> str:
 
 
 @functools.lru_cache(maxsize=MAX_BATCH)
-def _advance_sql(mark: str, n: int) -> str:
+def _advance_sql(mark: str, n: int, returning: bool) -> str:
     whens = _marks(mark, n, "WHEN {m} THEN {m}", " ")
     ids = _marks(mark, n)
     step = f"CASE id {whens} ELSE 0 END"
-    return f"UPDATE conversation SET last_seq = last_seq + {step} WHERE id IN ({ids})"  # noqa: S608
+    tail = " RETURNING id, last_seq" if returning else ""
+    return f"UPDATE conversation SET last_seq = last_seq + {step} WHERE id IN ({ids}){tail}"  # noqa: S608
 
 
 @functools.lru_cache(maxsize=MAX_BATCH)
@@ -315,9 +369,10 @@ def _resends_sql(mark: str, n: int) -> str:
     return f"SELECT sender, client_id, mid, seq, createat FROM message WHERE {pairs}"  # noqa: S608
 
 
-def _is_deadlock(exc: DBAPIError) -> bool:
-    code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-    return code in (1205, 1213) or "database is locked" in str(exc.orig)
+def _is_deadlock(exc: BaseException) -> bool:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = orig.args[0] if orig is not None and orig.args else None
+    return code in (1205, 1213) or "database is locked" in str(orig)
 
 
 # ---- reads ---------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""The writer's batch store on the real databases: numbering, resends within and across
+batches, and a connection the database dropped."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import pymysql
+import pytest
+
+from node.db import make_engine, make_sync_engine, upgrade
+from node.messages import BatchStore, Row
+
+from .conftest import fresh_mysql_database, need_mysql
+
+
+async def open_store(url: str) -> BatchStore:
+    engine = make_engine(url)
+    await upgrade(engine)
+    await engine.dispose()
+    return BatchStore(make_sync_engine(url))
+
+
+@pytest.fixture
+async def store(db_url):
+    batches = await open_store(db_url)
+    yield batches
+    batches.close()
+
+
+@pytest.fixture
+async def mysql_store():
+    need_mysql()
+    url, drop = fresh_mysql_database()
+    batches = await open_store(url)
+    yield batches, url
+    batches.close()
+    drop()
+
+
+PAIR = (10, 1, 2)
+OTHER = (10, 1, 3)
+
+
+def row(client_id, conv=PAIR, body="b"):
+    return Row(1, client_id, conv, f'{{"content":"{body}"}}')
+
+
+def test_batches_number_each_conversation_without_gaps(store):
+    first = store.store([row("a"), row("b"), row("c", OTHER), row(None)])
+    assert [s.seq for s in first] == [1, 2, 1, 3]
+    assert all(s.fresh for s in first)
+    assert len({s.mid for s in first}) == 4
+    second = store.store([row("d", OTHER), row("e")])
+    assert [s.seq for s in second] == [2, 4]
+
+
+def test_resends_in_a_batch_with_new_messages(store):
+    """A resend of a stored message, twice the same new id and new messages in one batch:
+    the resend gets its first number back, the repeated id is stored once, and the new
+    messages take the next numbers with no gap."""
+    (earlier,) = store.store([row("x")])
+    out = store.store([row("y"), row("x", body="changed"), row("z", OTHER), row("y")])
+    assert [(s.seq, s.fresh) for s in out] == [(2, True), (1, False), (1, True), (2, False)]
+    assert (out[1].mid, out[1].createat) == (earlier.mid, earlier.createat)
+    assert out[3].mid == out[0].mid
+    nxt = store.store([row("w")])
+    assert [s.seq for s in nxt] == [3]
+
+
+def test_a_batch_of_only_resends_stores_nothing(store):
+    stored = store.store([row("p"), row("q")])
+    again = store.store([row("q"), row("p")])
+    assert [(s.mid, s.fresh) for s in again] == [(stored[1].mid, False), (stored[0].mid, False)]
+    assert [s.seq for s in store.store([row("r")])] == [3]
+
+
+def test_a_connection_the_database_dropped_is_replaced(mysql_store):
+    """MariaDB ends the writer's connection (as on a restart or wait_timeout): the next
+    batch is stored on a new connection instead of failing."""
+    store, db_url = mysql_store
+    store.store([row("before")])
+    thread_id = store._raw.dbapi_connection.thread_id()
+    parts = urlsplit(db_url)
+    admin = pymysql.connect(host=parts.hostname, port=parts.port, user="root", autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute("KILL %s", (thread_id,))
+    admin.close()
+    out = store.store([row("after")])
+    assert [(s.seq, s.fresh) for s in out] == [(2, True)]
+    assert store._raw.dbapi_connection.thread_id() != thread_id
