@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import dispatch, frames, store
@@ -111,7 +112,9 @@ async def recvproc(request: web.Request, ws: web.WebSocketResponse, conn: Conn) 
         msg = await ws.receive()  # no timer per frame: the keeper finds idle connections
         conn.heard_at = clock()
         if msg.type is WSMsgType.TEXT:
-            _on_text(msg.data, conn, node, writer)
+            unknown = _on_text(msg.data, conn, node, writer)
+            if unknown is not None:  # later frames of this connection wait: order is kept
+                await _confirm(app[ENGINE], unknown, conn, writer)
         elif msg.type is WSMsgType.PING:
             await ws.pong(msg.data)
         elif msg.type is WSMsgType.PONG:
@@ -123,25 +126,63 @@ async def recvproc(request: web.Request, ws: web.WebSocketResponse, conn: Conn) 
             return
 
 
-def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> None:
+def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> dispatch.Chat | None:
+    """Answer or submit the frame; a message to someone this node does not know as the
+    sender's friend (or to a community it does not know the sender in) is returned instead,
+    for the database to decide."""
     node.stats["frames_in"] += 1
     try:
         frame = dispatch.parse(text, conn.user)
         if isinstance(frame, dispatch.Heartbeat):
             conn.send(dispatch.HEARTBEAT_REPLY)
-            return
-        hub = node.hub
-        dispatch.check_allowed(frame, hub.friends.get(conn.user, ()), hub.groups.get(conn.user, ()))
+            return None
         if not node.may_send(conn.user):
             raise dispatch.FrameError(
                 "rate_limited", "too many messages; slow down", frame.frame_id
             )
+        hub = node.hub
+        try:
+            dispatch.check_allowed(
+                frame, hub.friends.get(conn.user, ()), hub.groups.get(conn.user, ())
+            )
+        except dispatch.FrameError:
+            return frame
     except dispatch.FrameError as exc:
-        log.debug("conn=%s rejected frame: %s", conn.id, exc.code)
-        node.stats["rejected_frames"] += 1
-        conn.send(dispatch.error_frame(exc.code, exc.msg, exc.frame_id))
-        return
+        _refuse(conn, node, exc)
+        return None
     writer.submit(Pending(frame, conn, time.monotonic()))
+    return None
+
+
+async def _confirm(engine: AsyncEngine, chat: dispatch.Chat, conn: Conn, writer: Writer) -> None:
+    """The node's sets say no, but a friendship or membership made through another node
+    reaches this one over the bus a little later: the database has the last word. The sets
+    are left to the bus (changing them here could undo a removal that overtook this read)."""
+    received = time.monotonic()
+    node = writer.node
+    try:
+        if chat.cmd == dispatch.CMD_SINGLE:
+            allowed = await store.are_friends(engine, conn.user, chat.dstid)
+        else:
+            allowed = await store.is_member(engine, conn.user, chat.dstid)
+    except (OSError, DBAPIError) as exc:
+        log.warning("conn=%s checking who may receive a message failed: %s", conn.id, exc)
+        text = "the message was not stored; send it again"
+        _refuse(conn, node, dispatch.FrameError("unavailable", text, chat.frame_id))
+        return
+    if allowed:
+        writer.submit(Pending(chat, conn, received))
+        return
+    try:
+        dispatch.check_allowed(chat, (), ())  # raises the refusal the sets gave
+    except dispatch.FrameError as exc:
+        _refuse(conn, node, exc)
+
+
+def _refuse(conn: Conn, node: Node, exc: dispatch.FrameError) -> None:
+    log.debug("conn=%s rejected frame: %s", conn.id, exc.code)
+    node.stats["rejected_frames"] += 1
+    conn.send(dispatch.error_frame(exc.code, exc.msg, exc.frame_id))
 
 
 WRITE_MAX_BYTES = 64 * 1024  # frames joined into one write at most

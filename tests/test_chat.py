@@ -373,6 +373,32 @@ async def test_friendship_events_and_live_permission(api):
     assert (await recv(wa))["error"] == "not_friends"
 
 
+async def test_a_node_that_has_not_heard_of_a_friendship_asks_the_database(make_server):
+    """Friendships and memberships reach the other nodes over the bus a moment after they
+    are made; a message sent through another node meanwhile is checked in the database, not
+    refused. These two nodes share the database but no bus, so the second never hears."""
+    one = await make_server(node_id="one")
+    two = await make_server(node_id="two")
+    a, b, c = await one.register(), await one.register(), await one.register()
+    wa = await two.ws(a)  # node two loads a's friends and communities now: none
+    await one.friends(a, b)
+    cid = await one.community(b, a)
+
+    async def say(cmd, dstid, content):
+        frame = {"id": content, "cmd": cmd, "dstid": dstid, "media": 1, "content": content}
+        await wa.send_str(orjson.dumps(frame).decode())
+        return await recv(wa)
+
+    assert (await say(10, b["id"], "to b"))["cmd"] == 20
+    assert (await say(11, cid, "to room"))["cmd"] == 20
+    assert (await say(10, c["id"], "to c"))["error"] == "not_friends"
+    assert (await say(11, cid + 1000, "nowhere"))["error"] == "not_member"
+    pair_rows = await one.call("/message/history", b["token"], cmd=10, dstid=a["id"])
+    room_rows = await one.call("/message/history", b["token"], cmd=11, dstid=cid)
+    assert [r["content"] for r in pair_rows["rows"]] == ["to b"]
+    assert [r["content"] for r in room_rows["rows"]] == ["to room"]
+
+
 async def test_profile_update_event_reaches_friends(api):
     a, b = await pair(api)
     wb = await api.ws(b)
