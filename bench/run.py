@@ -551,6 +551,10 @@ def main() -> None:
                         )
                         report(name, figures)
                 if "idle" in only:
+                    # A fresh process: memory the earlier scenarios freed but kept would
+                    # otherwise take the new connections and hide what they cost.
+                    server.stop()
+                    server = lanchat(work, db)
                     report(
                         f"lanchat/{label} idle connections",
                         idle(server, users + members, args.idle),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -64,7 +63,9 @@ class Conn:
         self.token_hash = token_hash
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self.queue: deque[bytes] = deque()
+        # A list, not a deque: an empty deque costs 760 bytes, an empty list 56, and most
+        # connections are idle with nothing queued.
+        self.queue: list[bytes] = []
         self.nbytes = 0
         self.kick: Callable[[], None] = _nothing
         self.ping_due = False
@@ -94,13 +95,15 @@ class Conn:
 
     def take(self, max_bytes: int) -> list[bytes]:
         """The oldest queued frames, as many as fit in max_bytes (at least one)."""
-        frames: list[bytes] = []
-        size = 0
         queue = self.queue
-        while queue and (not frames or size + len(queue[0]) <= max_bytes):
-            data = queue.popleft()
+        size = count = 0
+        for data in queue:
+            if count and size + len(data) > max_bytes:
+                break
             size += len(data)
-            frames.append(data)
+            count += 1
+        frames = queue[:count]
+        del queue[:count]
         self.nbytes -= size
         return frames
 

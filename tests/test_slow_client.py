@@ -10,6 +10,8 @@ import struct
 
 import orjson
 
+from node.hub import Conn
+
 from .test_chat import pair, recv
 
 
@@ -103,3 +105,20 @@ async def test_never_reading_client_closed_1013_others_unaffected(make_server):
         "rows"
     ]
     assert rows[-1]["seq"] == sent
+
+
+async def test_queue_hands_out_frames_in_order_within_the_byte_budget():
+    """What the connection's writer takes at once: the oldest frames that fit, at least one
+    (a frame bigger than the budget still goes), the byte count kept with the queue."""
+    conn = Conn("c1", 1, "h", max_frames=10, max_bytes=10_000)
+    for size in (300, 300, 500, 2_000, 100):
+        conn.send(b"x" * size)
+    assert conn.nbytes == 3_200
+    assert [len(f) for f in conn.take(1_000)] == [300, 300]
+    assert [len(f) for f in conn.take(100)] == [500]
+    assert [len(f) for f in conn.take(5_000)] == [2_000, 100]
+    assert conn.take(5_000) == [] and conn.nbytes == 0
+    for _ in range(10):
+        conn.send(b"y")
+    conn.send(b"z")  # the eleventh frame: over max_frames, the connection is cut
+    assert conn.close_code == 1013 and conn.queue == [] and conn.nbytes == 0
