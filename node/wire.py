@@ -129,39 +129,46 @@ def data_body(packets: Sequence[bytes]) -> bytes:
 def parse_data(body: bytes) -> list[Packet]:
     if len(body) < 2:
         raise WireError("empty DATA")
-    (count,) = struct.unpack_from("!H", body)
-    offset, packets = 2, []
+    (count,) = _COUNT.unpack_from(body)
+    offset, packets, size = 2, [], len(body)
     for _ in range(count):
-        if offset + 4 > len(body):
+        if offset + 4 > size:
             raise WireError("truncated")
-        (length,) = struct.unpack_from("!I", body, offset)
+        (length,) = _LENGTH.unpack_from(body, offset)
         offset += 4
-        if offset + length > len(body):
+        if offset + length > size:
             raise WireError("truncated")
-        packets.append(_parse_packet(body[offset : offset + length]))
+        packets.append(_parse_packet(body, offset, offset + length))
         offset += length
-    if offset != len(body) or not packets:
+    if offset != size or not packets:
         raise WireError("bad DATA")
     return packets
 
 
-def _parse_packet(body: bytes) -> Packet:
-    if not body:
+_COUNT = struct.Struct("!H")
+_LENGTH = struct.Struct("!I")
+_ROUTES = {int(route): route for route in Route}  # a dict lookup, not Route(byte)
+
+
+def _parse_packet(body: bytes, start: int, end: int) -> Packet:
+    """The packet in body[start:end], read in place (every DATA datagram has several, and
+    every node reads every one)."""
+    if start >= end:
         raise WireError("empty packet")
-    try:
-        route = Route(body[0])
-    except ValueError:
-        raise WireError("unknown route") from None
-    exclude, offset = _read_short(body, 1)
-    if offset + 2 > len(body):
+    route = _ROUTES.get(body[start])
+    if route is None:
+        raise WireError("unknown route")
+    offset = start + 2 + body[start + 1] if start + 1 < end else end + 1
+    if offset + 2 > end:
         raise WireError("truncated")
-    (count,) = struct.unpack_from("!H", body, offset)
+    exclude = body[start + 2 : offset]
+    (count,) = _COUNT.unpack_from(body, offset)
     offset += 2
-    end = offset + 8 * count
-    if end > len(body):
+    targets_end = offset + 8 * count
+    if targets_end > end:
         raise WireError("truncated")
-    targets = struct.unpack_from(f"!{count}q", body, offset)
-    return Packet(route, tuple(targets), body[end:], exclude.decode(errors="replace"))
+    targets = struct.unpack_from(f"!{count}q", body, offset) if count else ()
+    return Packet(route, targets, body[targets_end:end], exclude.decode(errors="replace"))
 
 
 def heartbeat_body(last_seq: int) -> bytes:

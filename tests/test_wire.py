@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.packets import Packet, Route
 from node.wire import (
@@ -73,3 +75,32 @@ def test_one_datagram_carries_several_packets_in_order():
 def test_malformed_data_bodies_are_refused(body):
     with pytest.raises(WireError):
         parse_data(body)
+
+
+VALID_BODY = data_body(
+    [
+        packet_bytes(Packet(Route.USERS, (1, 2), b'{"n":1}', "n1/3")),
+        packet_bytes(Packet(Route.GROUP, (9,), b'{"n":2}')),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, len(VALID_BODY) - 1), st.integers(0, 255), st.booleans())
+def test_damaged_data_bodies_parse_or_are_refused(at, byte, cut):
+    """A body cut short or with any one byte changed parses into packets or raises
+    WireError: never another exception, never a packet reaching past its own length."""
+    body = VALID_BODY[:at] if cut else VALID_BODY[:at] + bytes([byte]) + VALID_BODY[at + 1 :]
+    try:
+        packets = parse_data(body)
+    except WireError:
+        return
+    assert all(len(packet_bytes(p)) <= len(body) for p in packets)
+
+
+@given(st.binary(max_size=200))
+def test_random_data_bodies_parse_or_are_refused(body):
+    try:
+        parse_data(body)
+    except WireError:
+        pass
