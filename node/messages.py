@@ -27,6 +27,7 @@ from .store import conversation_insert, conversation_lookup
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+NOT_STORED = "the message was not stored; send it again"  # the client resends it
 RETRIES = 3
 
 
@@ -134,7 +135,7 @@ class Writer:
     def _failed(self, batch: list[Pending], exc: Exception) -> None:
         if isinstance(exc, self._batches.errors):
             log.warning("storing %d messages failed: %s", len(batch), exc)
-            self._refuse(batch, "unavailable", "the message was not stored; send it again")
+            self._refuse(batch, "unavailable", NOT_STORED)
         else:
             log.error("storing %d messages failed", len(batch), exc_info=exc)
             self._refuse(batch, "internal", "the message was not stored")
@@ -216,19 +217,18 @@ class BatchStore:
                 if last:
                     raise
             except self.errors as exc:
-                if self._lost(exc):
+                error: Any = exc  # a driver error (is_disconnect is typed for DBAPI's Error)
+                lost = self.engine.dialect.is_disconnect(error, self._raw, None)
+                if lost:
                     self._raw.invalidate()
                     self._raw = None
                 else:
                     self._rollback()
-                if last or not (self._lost(exc) or _is_deadlock(exc)):
+                if last or not (lost or _is_deadlock(exc)):
                     raise
             finally:
                 cursor.close()
         raise AssertionError("unreachable")
-
-    def _lost(self, exc: Any) -> bool:
-        return self.engine.dialect.is_disconnect(exc, self._raw, None)
 
     def _rollback(self) -> None:
         try:
@@ -370,9 +370,10 @@ def _resends_sql(mark: str, n: int) -> str:
 
 
 def _is_deadlock(exc: BaseException) -> bool:
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    code = orig.args[0] if orig is not None and orig.args else None
-    return code in (1205, 1213) or "database is locked" in str(orig)
+    """A driver error that another attempt can get past: a MariaDB lock wait timeout or
+    deadlock, SQLite's busy timeout."""
+    code = exc.args[0] if exc.args else None
+    return code in (1205, 1213) or "database is locked" in str(exc)
 
 
 # ---- reads ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from .auth import origin_allowed, request_token
 from .errors import Forbidden, RateLimited, Unauthorized
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Conn, Loader
 from .keys import ENGINE, HUB, NODE, SETTINGS, WRITER
-from .messages import Pending, Writer
+from .messages import NOT_STORED, Pending, Writer
 from .node import Node
 from .security import token_hash
 
@@ -112,9 +112,9 @@ async def recvproc(request: web.Request, ws: web.WebSocketResponse, conn: Conn) 
         msg = await ws.receive()  # no timer per frame: the keeper finds idle connections
         conn.heard_at = clock()
         if msg.type is WSMsgType.TEXT:
-            unknown = _on_text(msg.data, conn, node, writer)
-            if unknown is not None:  # later frames of this connection wait: order is kept
-                await _confirm(app[ENGINE], unknown, conn, writer)
+            refused = _on_text(msg.data, conn, node, writer)
+            if refused is not None:  # later frames of this connection wait: order is kept
+                await _confirm(app[ENGINE], *refused, conn, writer)
         elif msg.type is WSMsgType.PING:
             await ws.pong(msg.data)
         elif msg.type is WSMsgType.PONG:
@@ -126,10 +126,12 @@ async def recvproc(request: web.Request, ws: web.WebSocketResponse, conn: Conn) 
             return
 
 
-def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> dispatch.Chat | None:
+def _on_text(
+    text: str, conn: Conn, node: Node, writer: Writer
+) -> tuple[dispatch.Chat, dispatch.FrameError] | None:
     """Answer or submit the frame; a message to someone this node does not know as the
     sender's friend (or to a community it does not know the sender in) is returned instead,
-    for the database to decide."""
+    with the refusal, for the database to decide."""
     node.stats["frames_in"] += 1
     try:
         frame = dispatch.parse(text, conn.user)
@@ -145,8 +147,8 @@ def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> dispatch.Chat
             dispatch.check_allowed(
                 frame, hub.friends.get(conn.user, ()), hub.groups.get(conn.user, ())
             )
-        except dispatch.FrameError:
-            return frame
+        except dispatch.FrameError as refusal:
+            return frame, refusal
     except dispatch.FrameError as exc:
         _refuse(conn, node, exc)
         return None
@@ -154,7 +156,13 @@ def _on_text(text: str, conn: Conn, node: Node, writer: Writer) -> dispatch.Chat
     return None
 
 
-async def _confirm(engine: AsyncEngine, chat: dispatch.Chat, conn: Conn, writer: Writer) -> None:
+async def _confirm(
+    engine: AsyncEngine,
+    chat: dispatch.Chat,
+    refusal: dispatch.FrameError,
+    conn: Conn,
+    writer: Writer,
+) -> None:
     """The node's sets say no, but a friendship or membership made through another node
     reaches this one over the bus a little later: the database has the last word. The sets
     are left to the bus (changing them here could undo a removal that overtook this read)."""
@@ -167,16 +175,12 @@ async def _confirm(engine: AsyncEngine, chat: dispatch.Chat, conn: Conn, writer:
             allowed = await store.is_member(engine, conn.user, chat.dstid)
     except (OSError, DBAPIError) as exc:
         log.warning("conn=%s checking who may receive a message failed: %s", conn.id, exc)
-        text = "the message was not stored; send it again"
-        _refuse(conn, node, dispatch.FrameError("unavailable", text, chat.frame_id))
+        _refuse(conn, node, dispatch.FrameError("unavailable", NOT_STORED, chat.frame_id))
         return
     if allowed:
         writer.submit(Pending(chat, conn, received))
-        return
-    try:
-        dispatch.check_allowed(chat, (), ())  # raises the refusal the sets gave
-    except dispatch.FrameError as exc:
-        _refuse(conn, node, exc)
+    else:
+        _refuse(conn, node, refusal)
 
 
 def _refuse(conn: Conn, node: Node, exc: dispatch.FrameError) -> None:
