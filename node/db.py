@@ -124,12 +124,13 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
 
 def make_sync_engine(url: str) -> sa.Engine:
-    """A blocking engine on the same database, for a thread of its own (the message writer):
-    a whole batch then costs one hand-off between threads instead of one per statement."""
+    """A blocking engine on the same database, for threads of their own (the message writer,
+    and on SQLite its checkpointer): a whole batch then costs one hand-off between threads
+    instead of one per statement."""
     driver_url, options = _driver(url, "pysqlite", "pymysql")
     if url.startswith("mysql:"):
         options["connect_args"] = {"connect_timeout": 10}
-    engine = sa.create_engine(driver_url, pool_size=1, max_overflow=0, **options)
+    engine = sa.create_engine(driver_url, pool_size=2, max_overflow=0, **options)
     if url.startswith("sqlite:"):
         _sqlite_transactions(engine)
     return engine
@@ -159,6 +160,9 @@ def _sqlite_transactions(engine: sa.Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA temp_store=MEMORY")  # IN lists and ORs build temporary b-trees
+        # No checkpoint inside a commit: a running node checkpoints in a thread of its own
+        # (checkpoint.py), and SQLite checkpoints when a process closes its last connection.
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .checkpoint import Checkpointer
 from .db import conversations, messages, now_ms, readmarks
 from .dispatch import CMD_SINGLE, Chat, ack_frame, conversation_key, delivered, error_frame
 from .hub import Conn
@@ -70,6 +71,7 @@ class Writer:
     def __init__(self, engine: sa.Engine, node: Node) -> None:
         self.node = node
         self._batches = BatchStore(engine)
+        self.checkpointer = Checkpointer(engine) if engine.dialect.name == "sqlite" else None
         self._inbox: queue.SimpleQueue[tuple[Pending, Row] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
@@ -83,6 +85,8 @@ class Writer:
             target=self._work, args=(loop, self._stopped), name="message-writer", daemon=True
         )
         self._thread.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
 
     def submit(self, pending: Pending) -> None:
         chat = pending.chat
@@ -108,7 +112,7 @@ class Writer:
 
     def _work(self, loop: asyncio.AbstractEventLoop, stopped: asyncio.Future[None]) -> None:
         """The writer thread: take what is queued, commit it, hand the outcome to the loop."""
-        inbox = self._inbox
+        inbox, checkpointer = self._inbox, self.checkpointer
         try:
             while (item := inbox.get()) is not None:
                 batch = [item]
@@ -128,7 +132,13 @@ class Writer:
                     loop.call_soon_threadsafe(self._failed, pendings, exc)
                 else:
                     loop.call_soon_threadsafe(self._finish, pendings, results)
+                    if checkpointer is not None:
+                        checkpointer.committed()
+                        if checkpointer.restart_due:
+                            checkpointer.restart(self._batches.connection())
         finally:
+            if checkpointer is not None:
+                checkpointer.close()
             self._batches.close()
             loop.call_soon_threadsafe(stopped.set_result, None)
 
@@ -196,11 +206,16 @@ class BatchStore:
             self._raw = None
         self.engine.dispose()
 
+    def connection(self) -> Any:
+        """The driver connection the batches are written on (opened if there is none)."""
+        self._raw = self._raw or self.engine.raw_connection()
+        return self._raw
+
     def store(self, rows: list[Row]) -> list[Stored]:
         lookup = False
         for attempt in range(RETRIES):
             last = attempt == RETRIES - 1
-            raw = self._raw = self._raw or self.engine.raw_connection()
+            raw = self.connection()
             cursor = raw.cursor()
             try:
                 if self._sqlite:

@@ -62,6 +62,19 @@ class _Counters(Collector):
         )
         for name, text, value in counters:
             yield CounterMetricFamily(name, text, value=value)
+        if (checkpointer := writer.checkpointer) is not None:
+            stats = checkpointer.stats
+            yield CounterMetricFamily(
+                "lanchat_sqlite_checkpoints", "WAL checkpoints", value=stats["checkpoints"]
+            )
+            yield CounterMetricFamily(
+                "lanchat_sqlite_checkpoint_errors", "Failed checkpoints", value=stats["errors"]
+            )
+            yield GaugeMetricFamily(
+                "lanchat_sqlite_wal_pages",
+                "Pages in the write-ahead log at the last checkpoint",
+                value=stats["wal_pages"],
+            )
         bus_family = CounterMetricFamily(
             "lanchat_bus_datagrams", "Bus datagrams by outcome", labels=["outcome"]
         )

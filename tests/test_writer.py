@@ -3,13 +3,20 @@ batches, and a connection the database dropped."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
 import pymysql
 import pytest
 
 from node.db import make_engine, make_sync_engine, upgrade
-from node.messages import BatchStore, Row
+from node.dispatch import Chat
+from node.hub import Conn
+from node.messages import BatchStore, Pending, Row, Writer
+from node.packets import Packet
 
 from .conftest import fresh_mysql_database, need_mysql
 
@@ -89,3 +96,68 @@ def test_a_connection_the_database_dropped_is_replaced(mysql_store):
     out = store.store([row("after")])
     assert [(s.seq, s.fresh) for s in out] == [(2, True)]
     assert store._raw.dbapi_connection.thread_id() != thread_id
+
+
+async def test_the_log_is_checkpointed_beside_the_commits_and_starts_over(tmp_path):
+    """On SQLite no commit checkpoints; the checkpointer thread does, and under constant
+    writes the writer lets the log start over, so it stays short while messages keep coming,
+    and every message is in the database afterwards."""
+    path = tmp_path / "lanchat.db"
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    await upgrade(engine)
+    await engine.dispose()
+    writer = Writer(make_sync_engine(url), Recorder())
+    checkpointer = writer.checkpointer
+    assert checkpointer is not None
+    checkpointer.restart_pages = 100
+    writer.start()
+    conn = Conn("test/1", 1, "hash", 10**6, 10**9)
+    wal = Path(f"{path}-wal")
+    pages_seen = []
+    sent = 0
+    try:
+        while writer.stats["commits"] < 400:
+            for _ in range(20):  # the next batch comes in while this one commits
+                sent += 1
+                dstid = 2 + sent % 50
+                fields = {"cmd": 10, "dstid": dstid, "media": 1, "content": "x" * 200, "userid": 1}
+                chat = Chat(10, dstid, sent, str(sent), fields)
+                writer.submit(Pending(chat, conn))
+            while len(conn.queue) < sent - 20:
+                await asyncio.sleep(0.001)
+            pages_seen.append(wal.stat().st_size // 4096 if wal.exists() else 0)
+    finally:
+        await writer.close()
+    assert len(conn.queue) == sent
+    assert all(orjson.loads(frame)["cmd"] == 20 for frame in conn.queue)
+    # 400 commits wrote thousands of pages, and the log was never allowed to keep them
+    assert checkpointer.stats["checkpoints"] > 0
+    assert checkpointer.stats["restarts"] > 0
+    # ~3.5 restart_pages at most here; 85-105 without the restarts or the checkpointer
+    assert max(pages_seen) < 20 * checkpointer.restart_pages
+    with sqlite3.connect(path) as db:
+        per_conv = db.execute("SELECT conv_id, COUNT(*), MAX(seq) FROM message GROUP BY conv_id")
+        counts = [(n, last) for _, n, last in per_conv]
+    assert sum(n for n, _ in counts) == sent
+    assert all(n == last for n, last in counts)
+
+
+async def test_commits_leave_checkpoints_to_the_checkpointer(tmp_path):
+    store = await open_store(f"sqlite:///{tmp_path}/lanchat.db")
+    try:
+        cursor = store.connection().cursor()
+        cursor.execute("PRAGMA wal_autocheckpoint")
+        assert cursor.fetchone() == (0,)
+    finally:
+        store.close()
+
+
+class Recorder:
+    """The writer's node: keeps what the writer emits instead of routing it."""
+
+    def __init__(self) -> None:
+        self.packets: list[Packet] = []
+
+    def emit(self, packet: Packet) -> None:
+        self.packets.append(packet)
