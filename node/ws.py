@@ -203,11 +203,13 @@ class Flusher:
     transport to drain. Control frames go through aiohttp's own writer, between whole frames.
     """
 
-    __slots__ = ("_high", "_on", "_scheduled", "conn", "stream", "task", "transport", "ws")
+    __slots__ = ("_high", "_loop", "_on", "_scheduled", "conn", "stream", "task", "transport", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, conn: Conn) -> None:
         self.ws = ws
         self.conn = conn
+        # Kept: asyncio.get_running_loop() asks the kernel for the process id on every call.
+        self._loop = asyncio.get_running_loop()
         self.task: asyncio.Task[None] | None = None
         self.stream: AbstractStreamWriter | None = None
         self.transport: asyncio.Transport | None = None
@@ -232,10 +234,10 @@ class Flusher:
         if self.task is not None or not self._on:
             return  # a running task takes what was queued
         if self.conn.close_code is not None or self.conn.ping_due:
-            self.task = asyncio.get_running_loop().create_task(self._flush())
+            self.task = self._loop.create_task(self._flush())
         elif not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._write)
+            self._loop.call_soon(self._write)
 
     def _write(self) -> None:
         """End of the loop turn: write what was queued, or hand over to the task."""
@@ -259,7 +261,7 @@ class Flusher:
         except Exception:
             self._failed()
             return
-        self.task = asyncio.get_running_loop().create_task(self._flush())
+        self.task = self._loop.create_task(self._flush())
 
     def _failed(self) -> None:
         conn = self.conn
