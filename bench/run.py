@@ -353,10 +353,11 @@ def fan_out(
         p.start()
     for r in readies:
         r.wait(120)
-    before = cpu_s(server.proc.pid)
+    before, sender_before = cpu_s(server.proc.pid), time.process_time()
     with profiled([server], name):
         sent = asyncio.run(_group_sender(base, sender, cid, inflight, duration))
     used = cpu_s(server.proc.pid) - before
+    sender_used = time.process_time() - sender_before
     stop.set()
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
@@ -366,6 +367,8 @@ def fan_out(
     summary["lost"] = expected - summary["delivered"]
     summary["messages"] = sent["acked"]
     summary["server_cpu"] = round(used / sent["elapsed"], 2)
+    summary["members_cpu"] = round(sum(r["cpu_s"] for r in results) / sent["elapsed"], 2)
+    summary["sender_cpu"] = round(sender_used / sent["elapsed"], 2)
     return summary
 
 
