@@ -242,8 +242,12 @@ class Hub:
             for uid in packet.targets:
                 self.send_user(uid, packet.payload, packet.exclude)
         elif packet.route is Route.GROUP:
-            for uid in tuple(self.members.get(packet.targets[0], ())):
-                self.send_user(uid, packet.payload, packet.exclude)
+            # The members' connections listed first, in one pass: a send can close a
+            # connection, and the sets must not change under the loop that walks them.
+            conns, exclude, payload = self.conns, packet.exclude, packet.payload
+            local = self.members.get(packet.targets[0], ())
+            for conn in [c for uid in local for c in conns.get(uid, ()) if c.id != exclude]:
+                conn.send(payload)
         elif packet.route is Route.STATE:
             self.apply(orjson.loads(packet.payload))
 
