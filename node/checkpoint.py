@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class Checkpointer:
         self.restart_pages = restart_pages
         self.pause_s = pause_s
         dbapi: Any = engine.dialect.dbapi
-        self.errors: tuple[type[BaseException], ...] = (dbapi.Error, OSError)
+        # DBAPIError: the pool wraps a failure to open the connection
+        self.errors: tuple[type[BaseException], ...] = (DBAPIError, dbapi.Error, OSError)
         self.stats = {"checkpoints": 0, "restarts": 0, "errors": 0, "wal_pages": 0}
         self.restart_due = False  # read by the writer thread after each batch
         self._committed = threading.Event()
