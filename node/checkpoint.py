@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,11 +56,11 @@ class Checkpointer:
         """The writer committed: there is something to copy."""
         self._committed.set()
 
-    def restart(self, raw: Any) -> None:
+    def restart(self, connection: Callable[[], Any]) -> None:
         """In the writer thread, on its connection, between batches: copy what is left."""
         self.restart_due = False
         try:
-            checkpoint(raw)
+            checkpoint(connection())
             self.stats["restarts"] += 1
         except self.errors as exc:
             self.stats["errors"] += 1

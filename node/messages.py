@@ -135,7 +135,7 @@ class Writer:
                     if checkpointer is not None:
                         checkpointer.committed()
                         if checkpointer.restart_due:
-                            checkpointer.restart(self._batches.connection())
+                            checkpointer.restart(self._batches.connection)
         finally:
             if checkpointer is not None:
                 checkpointer.close()
