@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +38,7 @@ class Checkpointer:
         self.restart_pages = restart_pages
         self.pause_s = pause_s
         dbapi: Any = engine.dialect.dbapi
-        # DBAPIError: the pool wraps a failure to open the connection
-        self.errors: tuple[type[BaseException], ...] = (DBAPIError, dbapi.Error, OSError)
+        self.errors: tuple[type[BaseException], ...] = (dbapi.Error, OSError)
         self.stats = {"checkpoints": 0, "restarts": 0, "errors": 0, "wal_pages": 0}
         self.restart_due = False  # read by the writer thread after each batch
         self._committed = threading.Event()

@@ -12,6 +12,7 @@ import orjson
 import pymysql
 import pytest
 
+from node.checkpoint import Checkpointer
 from node.db import make_engine, make_sync_engine, upgrade
 from node.dispatch import Chat
 from node.hub import Conn
@@ -161,3 +162,27 @@ class Recorder:
 
     def emit(self, packet: Packet) -> None:
         self.packets.append(packet)
+
+
+async def test_a_checkpointer_that_cannot_open_the_database_keeps_going(tmp_path):
+    """A failed checkpoint, or a connection that cannot be opened, is logged and counted; it
+    ends neither the checkpointer's thread nor the writer's restart call."""
+    folder = tmp_path / "gone"
+    engine = make_sync_engine(f"sqlite:///{folder}/lanchat.db")  # creates the folder
+    folder.rmdir()  # SQLite: "unable to open database file"
+    checkpointer = Checkpointer(engine)
+    checkpointer.start()
+    try:
+        checkpointer.committed()
+        for _ in range(500):
+            if checkpointer.stats["errors"]:
+                break
+            await asyncio.sleep(0.01)
+        assert checkpointer.stats["errors"] == 1
+        assert checkpointer._thread is not None and checkpointer._thread.is_alive()
+        checkpointer.restart(engine.raw_connection)  # raises nothing
+        assert checkpointer.stats["errors"] == 2
+        assert checkpointer.stats["restarts"] == 0
+    finally:
+        checkpointer.close()
+        engine.dispose()
