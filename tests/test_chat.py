@@ -626,3 +626,7 @@ async def test_metrics_count_what_happened(make_server):
     ):
         assert line in lines, (line, text)
     assert "lanchat_db_errors_total 0.0" in lines
+    # the write-ahead log's checkpoints are SQLite's alone
+    sqlite = api.settings.db.startswith("sqlite:")
+    assert ("# TYPE lanchat_sqlite_wal_pages gauge" in lines) is sqlite
+    assert ("lanchat_sqlite_checkpoint_errors_total 0.0" in lines) is sqlite
