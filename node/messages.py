@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .checkpoint import Checkpointer
@@ -193,7 +192,8 @@ class BatchStore:
         self.engine = engine
         dialect = engine.dialect
         dbapi: Any = dialect.dbapi  # the driver module: sqlite3 or pymysql
-        self.errors: tuple[type[BaseException], ...] = (DBAPIError, dbapi.Error, OSError)
+        # Driver errors: the pool and the raw cursor raise the driver's own, unwrapped.
+        self.errors: tuple[type[BaseException], ...] = (dbapi.Error, OSError)
         self._integrity: type[BaseException] = dbapi.IntegrityError
         self._sqlite = dialect.name == "sqlite"
         self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
