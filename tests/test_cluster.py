@@ -220,20 +220,24 @@ async def test_loss_is_recovered_in_order_without_duplicates(cluster):
     cid = (await c.call(n1, "/contact/createcommunity", a["token"], name="lossy"))["data"]["id"]
     await c.call(n1, "/contact/joincommunity", d["token"], dstid=cid)
     wa, wb, wd = await c.ws(n1, a), await c.ws(n2, b), await c.ws(n3, d)
-    count = 150
-    for n in range(count):
-        await wa.send_str(
-            orjson.dumps(
-                {"id": f"p{n}", "cmd": 10, "dstid": b["id"], "media": 1, "content": f"p{n}"}
-            ).decode()
-        )
-        await wa.send_str(
-            orjson.dumps(
-                {"id": f"g{n}", "cmd": 11, "dstid": cid, "media": 1, "content": f"g{n}"}
-            ).decode()
-        )
-    acks = [await recv(wa) for _ in range(2 * count)]
-    assert all(f["cmd"] == 20 for f in acks)
+    # Bursts of 10, each acked before the next: a burst is committed and published as one or
+    # a few datagrams, so 30 bursts make at least 30 datagrams for each receiver to drop from
+    # (one burst of 300 made only a handful, and sometimes none of them was dropped).
+    count, burst = 150, 5
+    for start in range(0, count, burst):
+        for n in range(start, start + burst):
+            await wa.send_str(
+                orjson.dumps(
+                    {"id": f"p{n}", "cmd": 10, "dstid": b["id"], "media": 1, "content": f"p{n}"}
+                ).decode()
+            )
+            await wa.send_str(
+                orjson.dumps(
+                    {"id": f"g{n}", "cmd": 11, "dstid": cid, "media": 1, "content": f"g{n}"}
+                ).decode()
+            )
+        acks = [await recv(wa) for _ in range(2 * burst)]
+        assert all(f["cmd"] == 20 for f in acks)
     got_b = [await recv(wb, timeout=DEADLINE) for _ in range(count)]
     got_d = [await recv(wd, timeout=DEADLINE) for _ in range(count)]
     assert [f["seq"] for f in got_b] == list(range(1, count + 1))
