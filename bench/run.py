@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -483,6 +483,48 @@ def ratios(scen: dict[str, dict[str, Any]], pairs: int) -> dict[str, float]:
     return out
 
 
+def targets(
+    scen: dict[str, dict[str, Any]], rat: dict[str, float], pairs: int
+) -> list[dict[str, Any]]:
+    """Each performance target this run measured: the figure reached and whether it meets it."""
+    out: list[dict[str, Any]] = []
+
+    def judge(target: str, figure: float | None, meets: Callable[[float], bool], src: str) -> None:
+        if figure is not None:
+            out.append({"target": target, "figure": figure, "met": meets(figure), "from": src})
+
+    one = f"lanchat/sqlite 1:1 x{pairs} inflight=1"
+    first = scen.get(one, {})
+    judge("one-to-one, 1 in flight: >= 24,000/s", first.get("per_s"), lambda x: x >= 24_000, one)
+    key = "sqlite_1_vs_relay"
+    judge("one-to-one, 1 in flight: >= 0.6 of the relay", rat.get(key), lambda x: x >= 0.6, key)
+    judge("one-to-one, 1 in flight: p99 < 10 ms", first.get("p99_ms"), lambda x: x < 10, one)
+    flows = [f for f in scen.values() if "lost" in f]
+    if any(n.endswith("inflight=10") for n in scen):
+        bad = sum(f["lost"] + f["duplicates"] for f in flows)
+        every = f"every scenario, {10 * pairs} in flight included: 0 lost or duplicated"
+        judge(every, bad, lambda x: x == 0, "all")
+    rooms = {n: f["per_s"] for n, f in scen.items() if " community of 200 " in n}
+    if rooms:
+        best = max(rooms, key=rooms.__getitem__)
+        judge(
+            "community of 200: >= 180,000 deliveries/s", rooms[best], lambda x: x >= 180_000, best
+        )
+    idle = "lanchat/sqlite idle connections"
+    judge(
+        "idle connection: <= 20 KiB",
+        scen.get(idle, {}).get("kib_per_connection"),
+        lambda x: x <= 20,
+        idle,
+    )
+    for bus in ("udp", "redis"):
+        key = f"cluster_{bus}_per_node_vs_single_mariadb"
+        judge(
+            f"3 nodes ({bus}): per node >= 0.8 of one node", rat.get(key), lambda x: x >= 0.8, key
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=5.0)
@@ -603,6 +645,9 @@ def main() -> None:
 
     results["ratios"] = ratios(scen, args.pairs)
     print("ratios: " + "  ".join(f"{k}={v}" for k, v in results["ratios"].items()))
+    results["targets"] = targets(scen, results["ratios"], args.pairs)
+    for t in results["targets"]:
+        print(f"target {'met    ' if t['met'] else 'NOT met'} {t['target']:62s} {t['figure']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"figures written to {args.out}")

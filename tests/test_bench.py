@@ -1,0 +1,46 @@
+"""The benchmark's verdict on each target: the figure it reports and whether it counts as met."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import run
+
+
+def flow(per_s: float, p99: float = 5.0, lost: int = 0, duplicates: int = 0) -> dict:
+    return {"per_s": per_s, "p99_ms": p99, "lost": lost, "duplicates": duplicates}
+
+
+def verdicts(scen: dict, rat: dict) -> dict[str, tuple[float, bool]]:
+    return {t["target"]: (t["figure"], t["met"]) for t in run.targets(scen, rat, 50)}
+
+
+def test_targets_at_their_edges():
+    scen = {
+        "relay 1:1 x50 inflight=1": flow(40_000),
+        "lanchat/sqlite 1:1 x50 inflight=1": flow(24_000, p99=10.0),
+        "lanchat/sqlite 1:1 x50 inflight=10": flow(30_000, lost=1),
+        "lanchat/sqlite community of 200 inflight=4": flow(179_999),
+        "lanchat/sqlite community of 200 inflight=16": flow(180_000),
+        "lanchat/sqlite idle connections": {"kib_per_connection": 20.1},
+    }
+    got = verdicts(scen, {"sqlite_1_vs_relay": 0.6, "cluster_udp_per_node_vs_single_mariadb": 0.79})
+    assert got == {
+        "one-to-one, 1 in flight: >= 24,000/s": (24_000, True),
+        "one-to-one, 1 in flight: >= 0.6 of the relay": (0.6, True),
+        "one-to-one, 1 in flight: p99 < 10 ms": (10.0, False),
+        "every scenario, 500 in flight included: 0 lost or duplicated": (1, False),
+        "community of 200: >= 180,000 deliveries/s": (180_000, True),
+        "idle connection: <= 20 KiB": (20.1, False),
+        "3 nodes (udp): per node >= 0.8 of one node": (0.79, False),
+    }
+
+
+def test_targets_the_run_did_not_measure_are_left_out():
+    scen = {"lanchat/sqlite 1:1 x50 inflight=1": flow(10_000, p99=9.9)}
+    assert verdicts(scen, {}) == {
+        "one-to-one, 1 in flight: >= 24,000/s": (10_000, False),
+        "one-to-one, 1 in flight: p99 < 10 ms": (9.9, True),
+    }
