@@ -171,6 +171,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     metrics = Metrics(app)
     app[METRICS] = metrics
+    app.cleanup_ctx.append(metrics.gc_timing)
     app.router.add_get("/metrics", metrics.handler)
     _add_client(app)
     return app

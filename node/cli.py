@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -105,6 +106,11 @@ async def _serve(settings: Settings) -> None:
             if settings.bus != "udp"
             else f"udp {settings.udp_broadcast}:{settings.udp_port}",
         )
+        # What is loaded by now (modules, classes, the app: about 100,000 objects) lives as
+        # long as the process. Out of the collector's sight, a full collection scans only what
+        # serving creates: with them in it, each one held the GIL for 40-160 ms under load.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

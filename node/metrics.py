@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+import gc
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, GCCollector, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-from .keys import BUS, HUB, NODE, WRITER
+from .keys import BUS, HUB, METRICS, NODE, WRITER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+GC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class GcPauses:
+    """A gc.callbacks entry timing each garbage collection, which holds up every thread of the
+    node. Plain numbers and no lock: a collection can start anywhere, inside a metric's own
+    locked section too, and waiting for that lock there would never end."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(GC_BUCKETS) + 1)  # the last one: longer than every bucket
+        self.total_s = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.counts[bisect.bisect_left(GC_BUCKETS, pause)] += 1
+        self.total_s += pause
+
+    def family(self) -> HistogramMetricFamily:
+        buckets, seen = [], 0
+        for bound, count in zip((*GC_BUCKETS, float("inf")), self.counts, strict=True):
+            seen += count
+            buckets.append((floatToGoString(bound), seen))
+        return HistogramMetricFamily(
+            "lanchat_gc_pause_seconds",
+            "Garbage collections, by how long each held every thread of the node up",
+            buckets=buckets,
+            sum_value=self.total_s,
+        )
 
 
 class _Counters(Collector):
@@ -75,6 +117,12 @@ class _Counters(Collector):
                 "Pages in the write-ahead log at the last checkpoint",
                 value=stats["wal_pages"],
             )
+        yield app[METRICS].gc_pauses.family()
+        yield GaugeMetricFamily(
+            "lanchat_gc_frozen_objects",
+            "Objects left out of garbage collections (those of the node's start)",
+            value=gc.get_freeze_count(),
+        )
         bus_family = CounterMetricFamily(
             "lanchat_bus_datagrams", "Bus datagrams by outcome", labels=["outcome"]
         )
@@ -92,7 +140,15 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
+        self.gc_pauses = GcPauses()
+        GCCollector(registry=self.registry)  # python_gc_*: collections and objects by generation
         self.registry.register(_Counters(app))
+
+    async def gc_timing(self, app: web.Application) -> AsyncIterator[None]:
+        """While the node runs, every collection's pause goes into lanchat_gc_pause_seconds."""
+        gc.callbacks.append(self.gc_pauses)
+        yield
+        gc.callbacks.remove(self.gc_pauses)
 
     def observe_acks(self, latencies: list[float]) -> None:
         for value in latencies:

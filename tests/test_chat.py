@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import aiohttp
 import orjson
@@ -10,6 +11,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from node import ws as node_ws
+from node.keys import METRICS
 
 from .test_dispatch import VALID
 
@@ -630,3 +632,24 @@ async def test_metrics_count_what_happened(make_server):
     sqlite = api.settings.db.startswith("sqlite:")
     assert ("# TYPE lanchat_sqlite_wal_pages gauge" in lines) is sqlite
     assert ("lanchat_sqlite_checkpoint_errors_total 0.0" in lines) is sqlite
+
+
+async def test_metrics_time_garbage_collections(make_server):
+    """Each collection's pause is counted while the node runs, next to Python's own GC figures;
+    the timing stops with the node."""
+    api = await make_server()
+
+    async def pauses() -> float:
+        text = await (await api.client.get("/metrics")).text()
+        assert 'python_gc_collections_total{generation="2"}' in text, text
+        (line,) = [x for x in text.splitlines() if x.startswith("lanchat_gc_pause_seconds_count")]
+        return float(line.split()[1])
+
+    before = await pauses()
+    for _ in range(3):
+        gc.collect()
+    assert await pauses() >= before + 3
+    pauses = api.client.server.app[METRICS].gc_pauses
+    assert pauses in gc.callbacks
+    await api.close()
+    assert pauses not in gc.callbacks

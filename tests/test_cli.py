@@ -180,6 +180,10 @@ def test_serve_then_sigterm_exits_0(tmp_path):
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
+        # Serving, the objects of the start are out of the garbage collector's sight.
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        (frozen,) = [x for x in metrics.decode().splitlines() if x.startswith("lanchat_gc_frozen")]
+        assert float(frozen.split()[1]) > 10_000, frozen
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
     finally:
