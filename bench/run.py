@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -411,7 +412,57 @@ async def _group_sender(base, sender, cid, inflight, duration):
     return {"acked": acked, "elapsed": elapsed}
 
 
-def idle(server: Server, users: list[dict[str, Any]], count: int) -> dict[str, Any]:
+def gc_reading(server: Server) -> dict[str, float]:
+    """The node's garbage-collection pauses so far (lanchat_gc_pause_seconds in /metrics)."""
+    url = server.base + "/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()  # noqa: S310 - our own server
+    reading = {}
+    for line in text.splitlines():
+        if line.startswith("lanchat_gc_pause_seconds_"):
+            key, value = line.rsplit(" ", 1)
+            reading[key] = float(value)
+    return reading
+
+
+def gc_between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Collections between two readings: how many, their pauses added up, and a bound on the
+    longest (the smallest histogram bucket that holds them all)."""
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    count = delta["lanchat_gc_pause_seconds_count"]
+    bounds = [
+        float(key.split('"')[1])  # lanchat_gc_pause_seconds_bucket{le="0.005"}
+        for key, seen in delta.items()
+        if key.startswith("lanchat_gc_pause_seconds_bucket") and seen == count
+    ]
+    return {
+        "gc_collections": int(count),
+        "gc_pause_ms": round(delta["lanchat_gc_pause_seconds_sum"] * 1000, 1),
+        "gc_longest_ms_at_most": round(min(bounds) * 1000, 1) if count else 0,
+    }
+
+
+def chat_beside_idle(
+    name: str,
+    server: Server,
+    users: list[dict[str, Any]],
+    duration: float,
+    report: Callable[[str, dict[str, Any]], None],
+) -> None:
+    """The pairs at 1 in flight while the idle connections are open: what a node with many
+    users connected, few of them talking, gives those who are."""
+    before = gc_reading(server)
+    figures = one_to_one(name, [server], users, 1, duration)
+    report(name, {**figures, **gc_between(before, gc_reading(server))})
+
+
+def idle(
+    server: Server,
+    users: list[dict[str, Any]],
+    count: int,
+    meanwhile: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Open count idle WebSockets over users; with them open, memory is read and meanwhile
+    runs."""
     stop = mp.Event()
     per = max(1, count // 4)
     targets = [users[i % len(users)] for i in range(count)]
@@ -436,6 +487,8 @@ def idle(server: Server, users: list[dict[str, Any]], count: int) -> dict[str, A
     elapsed = time.perf_counter() - start
     time.sleep(1)
     after = rss_kib(server.proc.pid)
+    if meanwhile is not None:
+        meanwhile()
     stop.set()
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
@@ -584,7 +637,9 @@ def main() -> None:
             )
             for inflight in (1, 10) if label in only else ():
                 name = f"lanchat/{label} 1:1 x{args.pairs} inflight={inflight}"
-                report(name, one_to_one(name, [server], users, inflight, args.duration))
+                before = gc_reading(server)
+                figures = one_to_one(name, [server], users, inflight, args.duration)
+                report(name, {**figures, **gc_between(before, gc_reading(server))})
             if label == "sqlite" and {"community", "idle"} & only:
                 members = asyncio.run(register_many(server.base, 1000, "1500"))
                 for size in (200, 1000) if "community" in only else ():
@@ -600,9 +655,13 @@ def main() -> None:
                     # otherwise take the new connections and hide what they cost.
                     server.stop()
                     server = lanchat(work, db)
+                    beside = f"lanchat/{label} 1:1 x{args.pairs} inflight=1 beside idle"
+                    chat = functools.partial(
+                        chat_beside_idle, beside, server, users, args.duration, report
+                    )
                     report(
                         f"lanchat/{label} idle connections",
-                        idle(server, users + members, args.idle),
+                        idle(server, members, args.idle, chat),
                     )
         finally:
             server.stop()
