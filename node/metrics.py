@@ -19,13 +19,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .keys import BUS, HUB, METRICS, NODE, WRITER
+from .keys import BUS, HUB, NODE, WRITER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-class GcPauses:
+class GcPauses(Collector):
     """A gc.callbacks entry timing each garbage collection, which holds up every thread of the
     node. Plain numbers and no lock: a collection can start anywhere, inside a metric's own
     locked section too, and waiting for that lock there would never end."""
@@ -43,16 +43,21 @@ class GcPauses:
         self.counts[bisect.bisect_left(GC_BUCKETS, pause)] += 1
         self.total_s += pause
 
-    def family(self) -> HistogramMetricFamily:
+    def collect(self) -> Iterator[Metric]:
         buckets, seen = [], 0
         for bound, count in zip((*GC_BUCKETS, float("inf")), self.counts, strict=True):
             seen += count
             buckets.append((floatToGoString(bound), seen))
-        return HistogramMetricFamily(
+        yield HistogramMetricFamily(
             "lanchat_gc_pause_seconds",
             "Garbage collections, by how long each held every thread of the node up",
             buckets=buckets,
             sum_value=self.total_s,
+        )
+        yield GaugeMetricFamily(
+            "lanchat_gc_frozen_objects",
+            "Objects left out of garbage collections (those of the node's start)",
+            value=gc.get_freeze_count(),
         )
 
 
@@ -117,12 +122,6 @@ class _Counters(Collector):
                 "Pages in the write-ahead log at the last checkpoint",
                 value=stats["wal_pages"],
             )
-        yield app[METRICS].gc_pauses.family()
-        yield GaugeMetricFamily(
-            "lanchat_gc_frozen_objects",
-            "Objects left out of garbage collections (those of the node's start)",
-            value=gc.get_freeze_count(),
-        )
         bus_family = CounterMetricFamily(
             "lanchat_bus_datagrams", "Bus datagrams by outcome", labels=["outcome"]
         )
@@ -141,6 +140,7 @@ class Metrics:
             registry=self.registry,
         )
         self.gc_pauses = GcPauses()
+        self.registry.register(self.gc_pauses)
         GCCollector(registry=self.registry)  # python_gc_*: collections and objects by generation
         self.registry.register(_Counters(app))
 
