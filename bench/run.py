@@ -412,13 +412,17 @@ async def _group_sender(base, sender, cid, inflight, duration):
     return {"acked": acked, "elapsed": elapsed}
 
 
+WRITES = ("lanchat_commits_total ", "lanchat_messages_stored_total ")
+
+
 def gc_reading(server: Server) -> dict[str, float]:
-    """The node's garbage-collection pauses so far (lanchat_gc_pause_seconds in /metrics)."""
+    """The node's garbage-collection pauses so far (lanchat_gc_pause_seconds in /metrics), and
+    its message commits and messages stored."""
     url = server.base + "/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()  # noqa: S310 - our own server
     reading = {}
     for line in text.splitlines():
-        if line.startswith("lanchat_gc_pause_seconds_"):
+        if line.startswith(("lanchat_gc_pause_seconds_", *WRITES)):
             key, value = line.rsplit(" ", 1)
             reading[key] = float(value)
     return reading
@@ -426,9 +430,11 @@ def gc_reading(server: Server) -> dict[str, float]:
 
 def gc_between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """Collections between two readings: how many, their pauses added up, and a bound on the
-    longest (the smallest histogram bucket that holds them all)."""
+    longest (the smallest histogram bucket that holds them all); and how many messages each
+    commit stored, on average."""
     delta = {key: after[key] - before.get(key, 0.0) for key in after}
     count = delta["lanchat_gc_pause_seconds_count"]
+    commits, stored = (delta.get(key.strip(), 0.0) for key in WRITES)
     bounds = [
         float(key.split('"')[1])  # lanchat_gc_pause_seconds_bucket{le="0.005"}
         for key, seen in delta.items()
@@ -438,6 +444,7 @@ def gc_between(before: dict[str, float], after: dict[str, float]) -> dict[str, A
         "gc_collections": int(count),
         "gc_pause_ms": round(delta["lanchat_gc_pause_seconds_sum"] * 1000, 1),
         "gc_longest_ms_at_most": round(min(bounds) * 1000, 1) if count else 0,
+        "per_commit": round(stored / commits, 1) if commits else 0,
     }
 
 

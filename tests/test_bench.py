@@ -1,4 +1,4 @@
-"""The benchmark's verdict on each target: the figure it reports and whether it counts as met."""
+"""The benchmark's arithmetic: its verdict on each target, and the figures it reads from a node."""
 
 from __future__ import annotations
 
@@ -44,3 +44,34 @@ def test_targets_the_run_did_not_measure_are_left_out():
         "one-to-one, 1 in flight: >= 24,000/s": (10_000, False),
         "one-to-one, 1 in flight: p99 < 10 ms": (9.9, True),
     }
+
+
+def test_between_two_readings_of_a_node():
+    """Collections, their pauses and the bound on the longest, and messages per commit, from
+    two /metrics readings."""
+    le = 'lanchat_gc_pause_seconds_bucket{le="%s"}'
+    before = {
+        le % "0.002": 3.0,
+        le % "0.005": 4.0,
+        le % "+Inf": 4.0,
+        "lanchat_gc_pause_seconds_count": 4.0,
+        "lanchat_gc_pause_seconds_sum": 0.006,
+        "lanchat_commits_total": 10.0,
+        "lanchat_messages_stored_total": 100.0,
+    }
+    after = {
+        le % "0.002": 5.0,  # two more under 2 ms
+        le % "0.005": 7.0,  # and one between 2 and 5 ms
+        le % "+Inf": 7.0,
+        "lanchat_gc_pause_seconds_count": 7.0,
+        "lanchat_gc_pause_seconds_sum": 0.0125,
+        "lanchat_commits_total": 30.0,
+        "lanchat_messages_stored_total": 450.0,
+    }
+    assert run.gc_between(before, after) == {
+        "gc_collections": 3,
+        "gc_pause_ms": 6.5,
+        "gc_longest_ms_at_most": 5.0,
+        "per_commit": 17.5,
+    }
+    assert run.gc_between(after, after)["per_commit"] == 0
