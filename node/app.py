@@ -21,6 +21,7 @@ from .keys import (
     HUB,
     LOGIN_FAILS_ADDR,
     LOGIN_FAILS_MOBILE,
+    LOOKUPS,
     METRICS,
     NODE,
     PASSWORDS,
@@ -28,6 +29,7 @@ from .keys import (
     WRITER,
 )
 from .limits import FailureWindow
+from .lookups import Lookups
 from .messages import Writer
 from .metrics import Metrics
 from .node import Node
@@ -180,12 +182,14 @@ def create_app(settings: Settings) -> web.Application:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[SETTINGS].db)
     app[ENGINE] = engine
+    app[LOOKUPS] = lookups = Lookups(app[SETTINGS].db)
     writer = Writer(make_sync_engine(app[SETTINGS].db), app[NODE])
     writer.on_acked = app[METRICS].observe_acks
     app[WRITER] = writer
     writer.start()
     yield
     await writer.close()
+    lookups.close()
     await engine.dispose()
 
 

@@ -8,10 +8,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .errors import Forbidden, Unauthorized
-from .keys import ENGINE, SETTINGS
+from .keys import LOOKUPS, SETTINGS
 from .params import Params
 from .security import token_hash
-from .store import session_user
 
 COOKIE = "lanchat_session"
 
@@ -55,7 +54,7 @@ async def authenticate(request: web.Request, params: Params) -> Caller:
     if not token or len(token) > 256:
         raise Unauthorized("please log in")
     digest = token_hash(token)
-    user = await session_user(request.app[ENGINE], digest)
+    user = await request.app[LOOKUPS].session_user(digest)
     if user is None:
         raise Unauthorized("your session has expired or was ended; please log in again")
     if by_cookie and not origin_allowed(request):

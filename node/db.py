@@ -123,16 +123,19 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
-def make_sync_engine(url: str) -> sa.Engine:
-    """A blocking engine on the same database, for threads of their own (the message writer,
-    and on SQLite its checkpointer): a whole batch then costs one hand-off between threads
-    instead of one per statement."""
+def make_sync_engine(url: str, pool_size: int = 2, read_only: bool = False) -> sa.Engine:
+    """A blocking engine on the same database, for threads of their own (the message writer
+    and on SQLite its checkpointer; read_only: the lookups of every connect): a whole batch or
+    lookup then costs one hand-off between threads instead of one per driver call."""
     driver_url, options = _driver(url, "pysqlite", "pymysql")
     if url.startswith("mysql:"):
         options["connect_args"] = {"connect_timeout": 10}
-    engine = sa.create_engine(driver_url, pool_size=2, max_overflow=0, **options)
+    engine = sa.create_engine(driver_url, pool_size=pool_size, max_overflow=0, **options)
     if url.startswith("sqlite:"):
-        _sqlite_transactions(engine)
+        if read_only:
+            _sqlite_pragmas(engine, "PRAGMA query_only=1")
+        else:
+            _sqlite_transactions(engine)
     return engine
 
 
@@ -151,6 +154,16 @@ def _driver(url: str, sqlite_driver: str, mysql_driver: str) -> tuple[str, dict[
 
 def _sqlite_transactions(engine: sa.Engine) -> None:
     """WAL, a busy timeout, and BEGIN IMMEDIATE so writers serialise instead of deadlocking."""
+    _sqlite_pragmas(engine)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_pragmas(engine: sa.Engine, *more: str) -> None:
+    """Each new connection: WAL, a busy timeout, and the driver's own transaction handling
+    off (SQLAlchemy's begin, or none, decides)."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -163,11 +176,9 @@ def _sqlite_transactions(engine: sa.Engine) -> None:
         # No checkpoint inside a commit: a running node checkpoints in a thread of its own
         # (checkpoint.py), and SQLite checkpoints when a process closes its last connection.
         cursor.execute("PRAGMA wal_autocheckpoint=0")
+        for pragma in more:
+            cursor.execute(pragma)
         cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def safe_url(url: str) -> str:

@@ -78,19 +78,6 @@ async def create_session(engine: AsyncEngine, uid: int, digest: str, ttl_ms: int
     return now + ttl_ms
 
 
-async def session_user(engine: AsyncEngine, digest: str) -> int | None:
-    """The user of a live session, or None for an unknown, revoked or expired token."""
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.select(sessions.c.userid).where(
-                    sessions.c.token_hash == digest, sessions.c.expireat > now_ms()
-                )
-            )
-        ).first()
-    return int(row[0]) if row else None
-
-
 async def delete_session(engine: AsyncEngine, digest: str) -> None:
     async with engine.begin() as conn:
         await conn.execute(sessions.delete().where(sessions.c.token_hash == digest))

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import dispatch, frames, store
 from .auth import origin_allowed, request_token
 from .errors import Forbidden, RateLimited, Unauthorized
-from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Conn, Loader
-from .keys import ENGINE, HUB, NODE, SETTINGS, WRITER
+from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Conn
+from .keys import ENGINE, HUB, LOOKUPS, NODE, SETTINGS, WRITER
 from .messages import NOT_STORED, Pending, Writer
 from .node import Node
 from .security import token_hash
@@ -39,7 +39,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not token or len(token) > 256:
         raise Unauthorized("a token is required")
     digest = token_hash(token)
-    user = await store.session_user(app[ENGINE], digest)
+    user = await app[LOOKUPS].session_user(digest)
     if user is None or request.query.get("id", "").strip() != str(user):
         raise Unauthorized("the token is not valid for this user")
     if not origin_allowed(request):
@@ -59,7 +59,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     # The hub knows the connection (and its friends and groups) before the client sees the
     # upgrade: anything sent to the user from then on is queued for it, nothing slips by.
     try:
-        await hub.attach(conn, _loader(app[ENGINE]))
+        await hub.attach(conn, app[LOOKUPS].contact_ids)
     except BaseException:
         hub.detach(conn)
         raise
@@ -93,14 +93,6 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 pass
         log.info("disconnect conn=%s user=%s code=%s", conn.id, user, ws.close_code)
     return ws
-
-
-def _loader(engine: AsyncEngine) -> Loader:
-    async def load(uid: int) -> tuple[list[int], list[int]]:
-        async with engine.connect() as db:
-            return await store.friend_ids(db, uid), await store.community_ids(db, uid)
-
-    return load
 
 
 async def recvproc(request: web.Request, ws: web.WebSocketResponse, conn: Conn) -> None:
