@@ -534,6 +534,12 @@ def ratios(scen: dict[str, dict[str, Any]], pairs: int) -> dict[str, float]:
             f"lanchat/mariadb {one} inflight={n}",
             f"relay {one} inflight={n}",
         )
+    ratio(
+        "connects_vs_relay",
+        "lanchat/sqlite idle connections",
+        "relay idle connections",
+        figure="connects_per_s",
+    )
     single = f"lanchat/mariadb {one} inflight=10"
     for bus in ("udp", "redis"):
         cluster = f"lanchat/cluster3-{bus} {one} inflight=10"
@@ -616,13 +622,17 @@ def main() -> None:
         print(f"{name:38s} " + "  ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
 
     # Baseline: the bare relay (user ids only, no accounts).
-    if "relay" in only:
+    if {"relay", "idle"} & only:
         r = relay(work)
-        fake = [{"id": i + 1} for i in range(2 * args.pairs)]
         try:
-            for inflight in (1, 10):
-                name = f"relay 1:1 x{args.pairs} inflight={inflight}"
-                report(name, one_to_one(name, [r], fake, inflight, args.duration))
+            if "relay" in only:
+                fake = [{"id": i + 1} for i in range(2 * args.pairs)]
+                for inflight in (1, 10):
+                    name = f"relay 1:1 x{args.pairs} inflight={inflight}"
+                    report(name, one_to_one(name, [r], fake, inflight, args.duration))
+            if "idle" in only:  # the same connections, over the same 1,000 user ids
+                fake = [{"id": i + 1} for i in range(1000)]
+                report("relay idle connections", idle(r, fake, args.idle))
         finally:
             r.stop()
 
