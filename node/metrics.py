@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, GCCollector, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -23,41 +23,73 @@ from .keys import BUS, HUB, NODE, WRITER
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+ACK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Buckets:
+    """A histogram in plain numbers, without prometheus_client's lock: counting a value is a
+    bisect and an addition. Each one is fed from one thread only (the event loop's, or the
+    garbage collector's callback, which may run inside another metric's locked section)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        buckets, seen = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            seen += count
+            buckets.append((floatToGoString(bound), seen))
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.total)
 
 
 class GcPauses(Collector):
     """A gc.callbacks entry timing each garbage collection, which holds up every thread of the
-    node. Plain numbers and no lock: a collection can start anywhere, inside a metric's own
-    locked section too, and waiting for that lock there would never end."""
+    node. A collection can start anywhere, inside a metric's own locked section too, and
+    waiting for that lock there would never end: hence plain Buckets."""
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(GC_BUCKETS) + 1)  # the last one: longer than every bucket
-        self.total_s = 0.0
+        self.pauses = Buckets(GC_BUCKETS)
         self._started = 0.0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
-            return
-        pause = time.perf_counter() - self._started
-        self.counts[bisect.bisect_left(GC_BUCKETS, pause)] += 1
-        self.total_s += pause
+        else:
+            self.pauses.add(time.perf_counter() - self._started)
 
     def collect(self) -> Iterator[Metric]:
-        buckets, seen = [], 0
-        for bound, count in zip((*GC_BUCKETS, float("inf")), self.counts, strict=True):
-            seen += count
-            buckets.append((floatToGoString(bound), seen))
-        yield HistogramMetricFamily(
+        yield self.pauses.family(
             "lanchat_gc_pause_seconds",
             "Garbage collections, by how long each held every thread of the node up",
-            buckets=buckets,
-            sum_value=self.total_s,
         )
         yield GaugeMetricFamily(
             "lanchat_gc_frozen_objects",
             "Objects left out of garbage collections (those of the node's start)",
             value=gc.get_freeze_count(),
+        )
+
+
+class AckLatency(Collector):
+    """From a message's frame arriving to its ack being queued, for every message: counted on
+    the event loop, a few per commit, so in plain Buckets rather than through a lock each."""
+
+    def __init__(self) -> None:
+        self.latencies = Buckets(ACK_BUCKETS)
+
+    def observe(self, latencies: list[float]) -> None:
+        add = self.latencies.add
+        for value in latencies:
+            add(value)
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.latencies.family(
+            "lanchat_ack_latency_seconds", "From a message's frame arriving to its ack being queued"
         )
 
 
@@ -133,12 +165,8 @@ class _Counters(Collector):
 class Metrics:
     def __init__(self, app: web.Application) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.ack_latency = Histogram(
-            "lanchat_ack_latency_seconds",
-            "From a message's frame arriving to its ack being queued",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=self.registry,
-        )
+        self.ack_latency = AckLatency()
+        self.registry.register(self.ack_latency)
         self.gc_pauses = GcPauses()
         self.registry.register(self.gc_pauses)
         GCCollector(registry=self.registry)  # python_gc_*: collections and objects by generation
@@ -151,8 +179,7 @@ class Metrics:
         gc.callbacks.remove(self.gc_pauses)
 
     def observe_acks(self, latencies: list[float]) -> None:
-        for value in latencies:
-            self.ack_latency.observe(value)
+        self.ack_latency.observe(latencies)
 
     async def handler(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
