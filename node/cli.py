@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -73,9 +74,35 @@ def _reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+FEW_FILES = 4096  # below this many open files, say how few connections the node can hold
+
+
+def _raise_open_files_limit() -> None:
+    """Every connection is an open file. A login shell's soft limit (often 1,024) would
+    refuse connections long before the node is busy, so the node raises it to the hard
+    limit, as nginx and Go programs do (the systemd unit sets both with LimitNOFILE=)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, wanted, exc)
+    if soft < FEW_FILES:
+        log.warning(
+            "the open files limit is %d: the node can hold fewer than that many connections; "
+            "raise it (ulimit -n, or LimitNOFILE= in the systemd unit)",
+            soft,
+        )
+    else:
+        log.info("open files limit: %d", soft)
+
+
 async def _serve(settings: Settings) -> None:
     from .app import create_app
 
+    _raise_open_files_limit()
     await _migrate(settings)
     app = create_app(settings)
     runner = web.AppRunner(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, GCCollector, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -170,6 +170,8 @@ class Metrics:
         self.gc_pauses = GcPauses()
         self.registry.register(self.gc_pauses)
         GCCollector(registry=self.registry)  # python_gc_*: collections and objects by generation
+        # process_*: CPU, memory, and open files against their limit (each connection is one)
+        ProcessCollector(registry=self.registry)
         self.registry.register(_Counters(app))
 
     async def gc_timing(self, app: web.Application) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -167,23 +168,39 @@ def wait_http(url: str, deadline_s: float = 20) -> None:
             time.sleep(0.1)
 
 
-def test_serve_then_sigterm_exits_0(tmp_path):
+def serve(tmp_path, files: tuple[int, int]) -> tuple[subprocess.Popen, int]:
+    """`lanchat serve` started with these open files limits (soft, hard), as a shell that set
+    them would start it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LANCHAT_")}
     env["LANCHAT_PORT"] = str(port)
+    start = (
+        "import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, {files!r}); "
+        "sys.argv = ['lanchat', 'serve']; runpy.run_module('node', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "serve"],
+        [sys.executable, "-c", start],
         cwd=str(tmp_path),
         env=env,
         stderr=subprocess.PIPE,
         text=True,
     )
+    return proc, port
+
+
+def test_serve_then_sigterm_exits_0(tmp_path):
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # A login shell's soft limit: the node raises it to the hard one.
+    proc, port = serve(tmp_path, (min(256, hard), hard))
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
-        # Serving, the objects of the start are out of the garbage collector's sight.
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-        (frozen,) = [x for x in metrics.decode().splitlines() if x.startswith("lanchat_gc_frozen")]
+        lines = metrics.decode().splitlines()
+        # Serving, the objects of the start are out of the garbage collector's sight.
+        (frozen,) = [x for x in lines if x.startswith("lanchat_gc_frozen")]
         assert float(frozen.split()[1]) > 10_000, frozen
+        assert f"process_max_fds {float(hard)}" in lines
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
     finally:
@@ -191,6 +208,19 @@ def test_serve_then_sigterm_exits_0(tmp_path):
     assert proc.returncode == 0, err
     assert (tmp_path / "data" / "lanchat.db").is_file()
     assert "stopped" in err
+    assert f"INFO node: open files limit: {hard}\n" in err  # raised to the hard limit
+
+
+def test_a_low_open_files_limit_is_named_at_start(tmp_path):
+    proc, port = serve(tmp_path, (512, 512))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "WARNING node: the open files limit is 512" in err, err
 
 
 async def test_sigterm_closes_websockets_1001_and_exits_0(tmp_path):
