@@ -14,6 +14,7 @@ import functools
 import json
 import multiprocessing as mp
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -25,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
@@ -33,7 +35,7 @@ import client
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
-MYSQL = "mysql://root:@127.0.0.1:3306/{db}"
+MYSQL = {"server": "mysql://root:@127.0.0.1:3306"}  # --mysql
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -163,11 +165,27 @@ def relay(workdir: str) -> Server:
     return server
 
 
-def fresh_mysql() -> str:
+def mysql_url(name: str) -> str:
+    return f"{MYSQL['server']}/{name}"
+
+
+def _mysql_admin() -> Any:
     import pymysql
 
+    parts = urlsplit(MYSQL["server"])
+    return pymysql.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=unquote(parts.username or "root"),
+        password=unquote(parts.password or ""),
+        autocommit=True,
+        connect_timeout=5,
+    )
+
+
+def fresh_mysql() -> str:
     name = f"lanchat_bench_{secrets.token_hex(4)}"
-    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    conn = _mysql_admin()
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     conn.close()
@@ -175,12 +193,42 @@ def fresh_mysql() -> str:
 
 
 def drop_mysql(name: str) -> None:
-    import pymysql
-
-    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    conn = _mysql_admin()
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     conn.close()
+
+
+def missing_services(only: set[str], redis_url: str, idle_conns: int) -> dict[str, str]:
+    """The scenario groups this machine cannot run, each with the reason: MariaDB (one node
+    on it, and both clusters) or Redis not answering, or too low an open files limit for
+    the idle connections. The limit is first raised to the hard one; the servers and client
+    processes started later inherit it."""
+    out: dict[str, str] = {}
+    if {"mariadb", "udp", "redis"} & only:
+        try:
+            _mysql_admin().close()
+        except Exception as exc:  # whatever the failure, it is not there to use
+            reason = f"MariaDB does not answer at {MYSQL['server']}: {exc}"
+            out.update(dict.fromkeys({"mariadb", "udp", "redis"} & only, reason))
+    if "redis" in only and "redis" not in out:
+        import redis
+
+        try:
+            redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
+        except Exception as exc:
+            out["redis"] = f"Redis does not answer at {redis_url}: {exc}"
+    if "idle" in only:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        needed = idle_conns + 1_000  # the server's connections, its database and the rest
+        if min(hard, 1 << 20) < needed:
+            out["idle"] = (
+                f"{idle_conns} connections need about {needed} open files and the limit is "
+                f"{hard}: raise it (ulimit -n) or pass a smaller --idle"
+            )
+    return out
 
 
 # ---- users over the public contract ---------------------------------------------------------
@@ -599,6 +647,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "artifacts/bench.json"))
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument(
+        "--mysql",
+        default=MYSQL["server"],
+        help="a MariaDB or MySQL server whose user may create and drop databases",
+    )
+    parser.add_argument(
         "--only",
         default=",".join(GROUPS),
         help=f"comma-separated scenario groups out of {','.join(GROUPS)}",
@@ -613,7 +666,16 @@ def main() -> None:
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         PROFILE["dir"] = args.profile
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "scenarios": {}}
+    MYSQL["server"] = args.mysql.rstrip("/")
+    left_out = missing_services(only, args.redis, args.idle)
+    for group, reason in sorted(left_out.items()):
+        print(f"left out: {group}: {reason}", flush=True)
+    only -= set(left_out)
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count()},
+        "left_out": left_out,
+        "scenarios": {},
+    }
     scen = results["scenarios"]
     work = tempfile.mkdtemp(prefix="lanchat-bench-")
 
@@ -645,7 +707,7 @@ def main() -> None:
             db = f"sqlite:///{work}/bench-{secrets.token_hex(3)}.db"
         else:
             dbname = fresh_mysql()
-            db = MYSQL.format(db=dbname)
+            db = mysql_url(dbname)
         server = lanchat(work, db)
         try:
             users = asyncio.run(register_many(server.base, 2 * args.pairs, f"13{len(scen):02d}"))
@@ -696,7 +758,7 @@ def main() -> None:
         nodes = [
             lanchat(
                 work,
-                MYSQL.format(db=dbname),
+                mysql_url(dbname),
                 LANCHAT_BUS=bus,
                 LANCHAT_UDP_PORT=udp,
                 LANCHAT_CLUSTER_SECRET=secret,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
+
+import pytest
+
+from .conftest import MYSQL_HOST, MYSQL_PORT, need_mysql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import run
@@ -75,3 +80,35 @@ def test_between_two_readings_of_a_node():
         "per_commit": 17.5,
     }
     assert run.gc_between(after, after)["per_commit"] == 0
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mysql_server():
+    saved = run.MYSQL["server"]
+    yield run.MYSQL
+    run.MYSQL["server"] = saved
+
+
+def test_groups_whose_services_are_missing_are_left_out_with_the_reason(mysql_server):
+    port = closed_port()
+    mysql_server["server"] = f"mysql://root:@127.0.0.1:{port}"
+    every = set(run.GROUPS)
+    out = run.missing_services(every, f"redis://127.0.0.1:{port}/0", 10**9)
+    assert set(out) == {"mariadb", "udp", "redis", "idle"}  # the clusters run on MariaDB
+    assert out["udp"].startswith(f"MariaDB does not answer at mysql://root:@127.0.0.1:{port}: ")
+    assert "open files" in out["idle"] and "--idle" in out["idle"]
+    assert run.missing_services({"relay", "sqlite", "community"}, "redis://x:1/0", 10**9) == {}
+
+
+def test_redis_alone_can_be_missing(mysql_server):
+    need_mysql()
+    mysql_server["server"] = f"mysql://root:@{MYSQL_HOST}:{MYSQL_PORT}"
+    out = run.missing_services({"mariadb", "redis"}, f"redis://127.0.0.1:{closed_port()}/0", 1)
+    assert list(out) == ["redis"] and out["redis"].startswith("Redis does not answer")
