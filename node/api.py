@@ -16,7 +16,7 @@ from . import security, store
 from .auth import COOKIE, Caller, authenticate, check_acting_user
 from .db import sessions
 from .errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
-from .keys import ENGINE, LOGIN_FAILS_ADDR, LOGIN_FAILS_MOBILE, NODE, PASSWORDS, SETTINGS
+from .keys import ENGINE, LOGIN_FAILS_ADDR, LOGIN_FAILS_MOBILE, NODE, PASSWORDS, READS, SETTINGS
 from .packets import state_packet
 from .params import Params, get_str, media_url, need_int, read_params
 
@@ -167,7 +167,7 @@ async def logout(request: web.Request, params: Params, caller: Caller) -> web.Re
 @authed
 async def find(request: web.Request, params: Params, caller: Caller) -> web.Response:
     uid = need_int(params, "id")
-    user = await store.user_by_id(request.app[ENGINE], uid)
+    user = await request.app[READS].run(store.user_by_id, uid)
     if user is None:
         raise NotFound("no such user")
     return ok(public_user(user, request.app[NODE].hub.online(uid)))
@@ -176,7 +176,7 @@ async def find(request: web.Request, params: Params, caller: Caller) -> web.Resp
 @authed
 async def update(request: web.Request, params: Params, caller: Caller) -> web.Response:
     engine = request.app[ENGINE]
-    user = await store.user_by_id(engine, caller.user)
+    user = await request.app[READS].run(store.user_by_id, caller.user)
     if user is None:
         raise Unauthorized("this account no longer exists")
     mobile = params.get("mobile")
@@ -237,8 +237,8 @@ async def delfriend(request: web.Request, params: Params, caller: Caller) -> web
 
 @authed
 async def loadfriend(request: web.Request, params: Params, caller: Caller) -> web.Response:
-    engine, hub = request.app[ENGINE], request.app[NODE].hub
-    rows = await store.public_users(engine, await store.friend_ids(engine, caller.user))
+    hub = request.app[NODE].hub
+    rows = await request.app[READS].run(store.friends, caller.user)
     return ok_rows([public_user(r, hub.online(r["id"])) for r in sorted(rows, key=_by_id)])
 
 
@@ -269,7 +269,7 @@ async def createcommunity(request: web.Request, params: Params, caller: Caller) 
 
 @authed
 async def loadcommunity(request: web.Request, params: Params, caller: Caller) -> web.Response:
-    return ok_rows(await store.load_communities(request.app[ENGINE], caller.user))
+    return ok_rows(await request.app[READS].run(store.load_communities, caller.user))
 
 
 @authed
@@ -292,16 +292,21 @@ async def leavecommunity(request: web.Request, params: Params, caller: Caller) -
 
 @authed
 async def loadmembers(request: web.Request, params: Params, caller: Caller) -> web.Response:
-    engine, hub = request.app[ENGINE], request.app[NODE].hub
+    hub = request.app[NODE].hub
     cid = need_int(params, "dstid")
-    ids = await store.member_ids(engine, cid)
+    rows = await request.app[READS].run(_members, caller.user, cid)
+    return ok_rows([public_user(r, hub.online(r["id"])) for r in rows])
+
+
+def _members(conn: sa.Connection, uid: int, cid: int) -> list[dict[str, Any]]:
+    """A community's members in the order they joined, for one of them; else 404/403."""
+    ids = store.member_ids(conn, cid)
     if not ids:
         raise NotFound("no such community")
-    if caller.user not in ids:
+    if uid not in ids:
         raise Forbidden("only members can see the members")
-    order = {uid: i for i, uid in enumerate(ids)}
-    rows = sorted(await store.public_users(engine, ids), key=lambda r: order[r["id"]])
-    return ok_rows([public_user(r, hub.online(r["id"])) for r in rows])
+    order = {member: i for i, member in enumerate(ids)}
+    return sorted(store.public_users(conn, ids), key=lambda r: order[r["id"]])
 
 
 def add_routes(app: web.Application) -> None:

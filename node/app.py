@@ -21,18 +21,18 @@ from .keys import (
     HUB,
     LOGIN_FAILS_ADDR,
     LOGIN_FAILS_MOBILE,
-    LOOKUPS,
     METRICS,
     NODE,
     PASSWORDS,
+    READS,
     SETTINGS,
     WRITER,
 )
 from .limits import FailureWindow
-from .lookups import Lookups
 from .messages import Writer
 from .metrics import Metrics
 from .node import Node
+from .reads import Reads
 from .security import Passwords
 from .settings import Settings
 from .store import ping
@@ -182,14 +182,14 @@ def create_app(settings: Settings) -> web.Application:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[SETTINGS].db)
     app[ENGINE] = engine
-    app[LOOKUPS] = lookups = Lookups(app[SETTINGS].db)
+    app[READS] = reads = Reads(app[SETTINGS].db)
     writer = Writer(make_sync_engine(app[SETTINGS].db), app[NODE])
     writer.on_acked = app[METRICS].observe_acks
     app[WRITER] = writer
     writer.start()
     yield
     await writer.close()
-    lookups.close()
+    reads.close()
     await engine.dispose()
 
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .errors import Forbidden, Unauthorized
-from .keys import LOOKUPS, SETTINGS
+from .keys import READS, SETTINGS
 from .params import Params
 from .security import token_hash
 
@@ -54,7 +54,7 @@ async def authenticate(request: web.Request, params: Params) -> Caller:
     if not token or len(token) > 256:
         raise Unauthorized("please log in")
     digest = token_hash(token)
-    user = await request.app[LOOKUPS].session_user(digest)
+    user = await request.app[READS].session_user(digest)
     if user is None:
         raise Unauthorized("your session has expired or was ended; please log in again")
     if by_cookie and not origin_allowed(request):

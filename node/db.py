@@ -125,8 +125,8 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
 def make_sync_engine(url: str, pool_size: int = 2, read_only: bool = False) -> sa.Engine:
     """A blocking engine on the same database, for threads of their own (the message writer
-    and on SQLite its checkpointer; read_only: the lookups of every connect): a whole batch or
-    lookup then costs one hand-off between threads instead of one per driver call."""
+    and on SQLite its checkpointer; read_only: the reads of every connect and resync): a
+    batch or a read then costs one hand-off between threads instead of one per driver call."""
     driver_url, options = _driver(url, "pysqlite", "pymysql")
     if url.startswith("mysql:"):
         options["connect_args"] = {"connect_timeout": 10}

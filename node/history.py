@@ -2,38 +2,47 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import sqlalchemy as sa
 from aiohttp import web
 
 from . import messages, store
 from .api import authed, ok, ok_rows
 from .auth import Caller
+from .db import CATE_MEMBER, users
 from .dispatch import CMD_GROUP, CMD_SINGLE, group_key, pair_key, receipt_frame
 from .errors import BadRequest, Forbidden, NotFound
-from .keys import ENGINE, NODE
+from .keys import ENGINE, NODE, READS
 from .packets import users_packet
 from .params import Params, get_int, need_int
+from .reads import contact_ids
+
+
+def conversation_id(conn: sa.Connection, uid: int, cmd: int, dst: int) -> int:
+    """The conversation (cmd, dst) as user uid names it, if uid takes part; else 403/404."""
+    if cmd == CMD_SINGLE:
+        found = messages.find_conversation(conn, pair_key(uid, dst))
+        if found is None or dst == uid:
+            if conn.execute(sa.select(users.c.id).where(users.c.id == dst)).first() is None:
+                raise NotFound("no such user")
+            raise Forbidden("you have no conversation with this user")
+    else:
+        found = messages.find_conversation(conn, group_key(dst))
+        if found is None:
+            raise NotFound("no such community")
+        if conn.execute(store.contact_query(uid, dst, CATE_MEMBER)).first() is None:
+            raise Forbidden("only members can read a community's messages")
+    return found[0]
 
 
 async def _conversation(
     request: web.Request, params: Params, caller: Caller
 ) -> tuple[int, int, int]:
     """(cmd, dstid, conversation id) of a conversation the caller takes part in; else 403/404."""
-    engine = request.app[ENGINE]
     cmd = need_int(params, "cmd", lo=CMD_SINGLE, hi=CMD_GROUP)
     dst = need_int(params, "dstid")
-    if cmd == CMD_SINGLE:
-        found = await messages.find_conversation(engine, pair_key(caller.user, dst))
-        if found is None or dst == caller.user:
-            if await store.user_by_id(engine, dst) is None:
-                raise NotFound("no such user")
-            raise Forbidden("you have no conversation with this user")
-    else:
-        found = await messages.find_conversation(engine, group_key(dst))
-        if found is None:
-            raise NotFound("no such community")
-        if not await store.is_member(engine, caller.user, dst):
-            raise Forbidden("only members can read a community's messages")
-    return cmd, dst, found[0]
+    return cmd, dst, await request.app[READS].run(conversation_id, caller.user, cmd, dst)
 
 
 @authed
@@ -45,18 +54,20 @@ async def history(request: web.Request, params: Params, caller: Caller) -> web.R
         raise BadRequest("give before or after, not both")
     limit = get_int(params, "limit", lo=1, hi=100, default=50)
     assert limit is not None
-    return ok_rows(await messages.history(request.app[ENGINE], conv_id, before, after, limit))
+    return ok_rows(await request.app[READS].run(messages.history, conv_id, before, after, limit))
+
+
+def current_conversations(conn: sa.Connection, uid: int) -> list[dict[str, Any]]:
+    """The user's conversations with those who are still friends and in communities the user
+    still belongs to."""
+    friends, groups = contact_ids(conn, uid)
+    mine = {CMD_SINGLE: set(friends), CMD_GROUP: set(groups)}
+    return [r for r in messages.conversation_rows(conn, uid) if r["dstid"] in mine[r["cmd"]]]
 
 
 @authed
 async def conversations(request: web.Request, params: Params, caller: Caller) -> web.Response:
-    engine = request.app[ENGINE]
-    rows = await messages.conversation_rows(engine, caller.user)
-    async with engine.connect() as conn:
-        friends = set(await store.friend_ids(conn, caller.user))
-        groups = set(await store.community_ids(conn, caller.user))
-    current = [r for r in rows if r["dstid"] in (friends if r["cmd"] == CMD_SINGLE else groups)]
-    return ok_rows(current)
+    return ok_rows(await request.app[READS].run(current_conversations, caller.user))
 
 
 @authed

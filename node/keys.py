@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from .bus import Bus
     from .hub import Hub
     from .limits import FailureWindow
-    from .lookups import Lookups
     from .messages import Writer
     from .metrics import Metrics
     from .node import Node
+    from .reads import Reads
     from .security import Passwords
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -25,7 +25,7 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 BUS: web.AppKey[Bus] = web.AppKey("bus")
 NODE: web.AppKey[Node] = web.AppKey("node")
 WRITER: web.AppKey[Writer] = web.AppKey("writer")
-LOOKUPS: web.AppKey[Lookups] = web.AppKey("lookups")
+READS: web.AppKey[Reads] = web.AppKey("reads")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords")
 LOGIN_FAILS_MOBILE: web.AppKey[FailureWindow] = web.AppKey("login_fails_mobile")

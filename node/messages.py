@@ -391,7 +391,7 @@ def _is_deadlock(exc: BaseException) -> bool:
     return code in (1205, 1213) or "database is locked" in str(exc)
 
 
-# ---- reads ---------------------------------------------------------------------------------
+# ---- reads, on a connection of node.reads ---------------------------------------------------
 
 
 def row_message(row: Any) -> dict[str, Any]:
@@ -400,16 +400,14 @@ def row_message(row: Any) -> dict[str, Any]:
     return delivered(fields, int(row.mid), int(row.seq), int(row.createat))
 
 
-async def find_conversation(
-    engine: AsyncEngine, key: tuple[int, int, int]
-) -> tuple[int, int] | None:
-    async with engine.connect() as conn:
-        row = (await conn.execute(conversation_lookup(key))).first()
+def find_conversation(conn: sa.Connection, key: tuple[int, int, int]) -> tuple[int, int] | None:
+    """(id, last_seq) of the conversation with this key, if there is one."""
+    row = conn.execute(conversation_lookup(key)).first()
     return (int(row[0]), int(row[1])) if row else None
 
 
-async def history(
-    engine: AsyncEngine, conv_id: int, before: int | None, after: int | None, limit: int
+def history(
+    conn: sa.Connection, conv_id: int, before: int | None, after: int | None, limit: int
 ) -> list[dict[str, Any]]:
     query = sa.select(messages).where(messages.c.conv_id == conv_id)
     if after is not None:
@@ -418,14 +416,13 @@ async def history(
         if before is not None:
             query = query.where(messages.c.seq < before)
         query = query.order_by(messages.c.seq.desc())
-    async with engine.connect() as conn:
-        rows = list(await conn.execute(query.limit(limit)))
+    rows = list(conn.execute(query.limit(limit)))
     if after is None:
         rows.reverse()
     return [row_message(r) for r in rows]
 
 
-async def conversation_rows(engine: AsyncEngine, uid: int) -> list[dict[str, Any]]:
+def conversation_rows(conn: sa.Connection, uid: int) -> list[dict[str, Any]]:
     """Every conversation the user has a read marker in, with unread count and last message."""
     unread = (
         sa.select(sa.func.count())
@@ -451,15 +448,14 @@ async def conversation_rows(engine: AsyncEngine, uid: int) -> list[dict[str, Any
         .join(readmarks, readmarks.c.conv_id == conversations.c.id)
         .where(readmarks.c.userid == uid)
     )
-    async with engine.connect() as conn:
-        convs = list(await conn.execute(query))
-        wanted = [(int(c.id), int(c.last_seq)) for c in convs if c.last_seq > 0]
-        last: dict[int, dict[str, Any]] = {}
-        if wanted:
-            rows = await conn.execute(
-                sa.select(messages).where(sa.tuple_(messages.c.conv_id, messages.c.seq).in_(wanted))
-            )
-            last = {int(r.conv_id): row_message(r) for r in rows}
+    convs = list(conn.execute(query))
+    wanted = [(int(c.id), int(c.last_seq)) for c in convs if c.last_seq > 0]
+    last: dict[int, dict[str, Any]] = {}
+    if wanted:
+        rows = conn.execute(
+            sa.select(messages).where(sa.tuple_(messages.c.conv_id, messages.c.seq).in_(wanted))
+        )
+        last = {int(r.conv_id): row_message(r) for r in rows}
     out = []
     for c in convs:
         dstid = (int(c.b) if int(c.a) == uid else int(c.a)) if c.kind == CMD_SINGLE else int(c.a)

@@ -51,9 +51,9 @@ async def user_by_mobile(engine: AsyncEngine, mobile: str) -> dict[str, Any] | N
     return row._asdict() if row else None
 
 
-async def user_by_id(engine: AsyncEngine, uid: int) -> dict[str, Any] | None:
-    async with engine.connect() as conn:
-        row = (await conn.execute(users.select().where(users.c.id == uid))).first()
+def user_by_id(conn: sa.Connection, uid: int) -> dict[str, Any] | None:
+    """A read (node.reads): the user's row."""
+    row = conn.execute(users.select().where(users.c.id == uid)).first()
     return row._asdict() if row else None
 
 
@@ -83,12 +83,12 @@ async def delete_session(engine: AsyncEngine, digest: str) -> None:
         await conn.execute(sessions.delete().where(sessions.c.token_hash == digest))
 
 
-async def public_users(engine: AsyncEngine, ids: list[int]) -> list[dict[str, Any]]:
+def public_users(conn: sa.Connection, ids: list[int]) -> list[dict[str, Any]]:
+    """A read (node.reads): the public fields of these users."""
     if not ids:
         return []
-    async with engine.connect() as conn:
-        rows = await conn.execute(sa.select(*PUBLIC_USER).where(users.c.id.in_(ids)))
-        return [r._asdict() for r in rows]
+    rows = conn.execute(sa.select(*PUBLIC_USER).where(users.c.id.in_(ids)))
+    return [r._asdict() for r in rows]
 
 
 # ---- conversations and read markers (created with friendships and memberships) ----------
@@ -179,14 +179,12 @@ async def del_friend(engine: AsyncEngine, uid: int, dst: int) -> None:
             raise NotFound("not a friend")
 
 
-async def friend_ids(engine: AsyncEngine | AsyncConnection, uid: int) -> list[int]:
+def friends(conn: sa.Connection, uid: int) -> list[dict[str, Any]]:
+    """A read (node.reads): the public fields of the user's friends."""
     query = sa.select(contacts.c.dstobj).where(
         contacts.c.ownerid == uid, contacts.c.cate == CATE_FRIEND
     )
-    if isinstance(engine, AsyncConnection):
-        return [int(r[0]) for r in await engine.execute(query)]
-    async with engine.connect() as conn:
-        return [int(r[0]) for r in await conn.execute(query)]
+    return public_users(conn, [int(r[0]) for r in conn.execute(query)])
 
 
 async def are_friends(engine: AsyncEngine, a: int, b: int) -> bool:
@@ -194,11 +192,15 @@ async def are_friends(engine: AsyncEngine, a: int, b: int) -> bool:
         return await _has_contact(conn, a, b, CATE_FRIEND)
 
 
-async def _has_contact(conn: AsyncConnection, owner: int, dst: int, cate: int) -> bool:
-    query = sa.select(contacts.c.id).where(
+def contact_query(owner: int, dst: int, cate: int) -> sa.Select[tuple[int]]:
+    """The contact row of owner to dst of this kind (friend or member), if there is one."""
+    return sa.select(contacts.c.id).where(
         contacts.c.ownerid == owner, contacts.c.dstobj == dst, contacts.c.cate == cate
     )
-    return (await conn.execute(query)).first() is not None
+
+
+async def _has_contact(conn: AsyncConnection, owner: int, dst: int, cate: int) -> bool:
+    return (await conn.execute(contact_query(owner, dst, cate))).first() is not None
 
 
 # ---- communities -------------------------------------------------------------------------
@@ -239,7 +241,8 @@ async def create_community(
     return {"id": cid, **row, "members": 1}
 
 
-async def load_communities(engine: AsyncEngine, uid: int) -> list[dict[str, Any]]:
+def load_communities(conn: sa.Connection, uid: int) -> list[dict[str, Any]]:
+    """A read (node.reads): the communities the user belongs to, with their member counts."""
     query = (
         sa.select(communities, _member_count)
         .join(
@@ -248,15 +251,7 @@ async def load_communities(engine: AsyncEngine, uid: int) -> list[dict[str, Any]
         .where(contacts.c.ownerid == uid)
         .order_by(contacts.c.id)
     )
-    async with engine.connect() as conn:
-        return [r._asdict() for r in await conn.execute(query)]
-
-
-async def community_ids(conn: AsyncConnection, uid: int) -> list[int]:
-    query = sa.select(contacts.c.dstobj).where(
-        contacts.c.ownerid == uid, contacts.c.cate == CATE_MEMBER
-    )
-    return [int(r[0]) for r in await conn.execute(query)]
+    return [r._asdict() for r in conn.execute(query)]
 
 
 async def join_community(engine: AsyncEngine, uid: int, cid: int) -> None:
@@ -329,14 +324,14 @@ async def is_member(engine: AsyncEngine, uid: int, cid: int) -> bool:
         return await _has_contact(conn, uid, cid, CATE_MEMBER)
 
 
-async def member_ids(engine: AsyncEngine, cid: int) -> list[int]:
+def member_ids(conn: sa.Connection, cid: int) -> list[int]:
+    """A read (node.reads): a community's members, in the order they joined."""
     query = (
         sa.select(contacts.c.ownerid)
         .where(contacts.c.dstobj == cid, contacts.c.cate == CATE_MEMBER)
         .order_by(contacts.c.id)
     )
-    async with engine.connect() as conn:
-        return [int(r[0]) for r in await conn.execute(query)]
+    return [int(r[0]) for r in conn.execute(query)]
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -18,7 +18,7 @@ from . import dispatch, frames, store
 from .auth import origin_allowed, request_token
 from .errors import Forbidden, RateLimited, Unauthorized
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Conn
-from .keys import ENGINE, HUB, LOOKUPS, NODE, SETTINGS, WRITER
+from .keys import ENGINE, HUB, NODE, READS, SETTINGS, WRITER
 from .messages import NOT_STORED, Pending, Writer
 from .node import Node
 from .security import token_hash
@@ -39,7 +39,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not token or len(token) > 256:
         raise Unauthorized("a token is required")
     digest = token_hash(token)
-    user = await app[LOOKUPS].session_user(digest)
+    user = await app[READS].session_user(digest)
     if user is None or request.query.get("id", "").strip() != str(user):
         raise Unauthorized("the token is not valid for this user")
     if not origin_allowed(request):
@@ -59,7 +59,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     # The hub knows the connection (and its friends and groups) before the client sees the
     # upgrade: anything sent to the user from then on is queued for it, nothing slips by.
     try:
-        await hub.attach(conn, app[LOOKUPS].contact_ids)
+        await hub.attach(conn, app[READS].contact_ids)
     except BaseException:
         hub.detach(conn)
         raise
