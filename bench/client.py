@@ -240,9 +240,53 @@ async def _idle(job: dict[str, Any]) -> dict[str, Any]:
     return {"opened": len(sockets), "elapsed": elapsed}
 
 
+async def _resync(job: dict[str, Any]) -> dict[str, Any]:
+    """What a client does when it comes back: its conversation list, then the latest page of
+    history of its one-to-one conversation. job['concurrency'] clients at a time, round and
+    round over job['users'] for job['duration'] seconds; every answer must be a 200 whose rows
+    are there."""
+    base, users, duration = job["base"], job["users"], job["duration"]
+    latencies: list[float] = []
+    stats = {"requests": 0, "errors": 0}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def get(path: str, user: dict[str, Any], **params: Any) -> list[Any]:
+            started = time.perf_counter()
+            headers = {"Authorization": f"Bearer {user['token']}"}
+            async with http.get(base + path, params=params, headers=headers) as r:
+                body = orjson.loads(await r.read())
+            latencies.append(time.perf_counter() - started)
+            stats["requests"] += 1
+            if r.status != 200 or "rows" not in body:
+                stats["errors"] += 1
+                return []
+            return body["rows"]
+
+        start = time.perf_counter()
+        cpu_start = time.process_time()
+        stop_at = start + duration
+
+        async def client(first: int) -> None:
+            i = first
+            while time.perf_counter() < stop_at:
+                user = users[i % len(users)]
+                i += job["concurrency"]
+                rows = await get("/message/conversations", user)
+                if not rows:
+                    stats["errors"] += 1  # every bench user has a conversation by now
+                    continue
+                last = rows[0]
+                await get("/message/history", user, cmd=last["cmd"], dstid=last["dstid"], limit=50)
+
+        await asyncio.gather(*(client(n) for n in range(job["concurrency"])))
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+    return {**stats, "latencies": latencies, "elapsed": elapsed, "cpu_s": cpu}
+
+
 def work(kind: str, job: dict[str, Any], out) -> None:
     """Entry point of a worker process; always answers, with the error if it failed."""
-    runner = {"pairs": _pairs, "listeners": _listeners, "idle": _idle}[kind]
+    runner = {"pairs": _pairs, "listeners": _listeners, "idle": _idle, "resync": _resync}[kind]
     try:
         result = (uvloop.run if uvloop is not None else asyncio.run)(runner(job))
     except BaseException:

@@ -380,6 +380,36 @@ def one_to_one(
     return summary
 
 
+def resync(server: Server, users: list[dict[str, Any]], duration: float) -> dict[str, Any]:
+    """Clients coming back fetch their conversation list and a page of history over HTTP,
+    16 at a time from two processes: requests answered per second, their latency, and the
+    server's CPU per request."""
+    jobs = [
+        {"base": server.base, "users": users[i::WORKERS], "duration": duration, "concurrency": 8}
+        for i in range(WORKERS)
+    ]
+    before = cpu_s(server.proc.pid)
+    results = in_workers("resync", jobs)
+    used = cpu_s(server.proc.pid) - before
+    elapsed = max(r["elapsed"] for r in results)
+    latencies = sorted(x for r in results for x in r["latencies"])
+    requests = sum(r["requests"] for r in results)
+
+    def pct(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
+
+    return {
+        "requests": requests,
+        "per_s": round(requests / elapsed),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "errors": sum(r["errors"] for r in results),
+        "server_cpu": round(used / elapsed, 2),
+        "server_cpu_ms_per_request": round(used * 1000 / requests, 2),
+        "client_cpu": round(sum(r["cpu_s"] for r in results) / elapsed, 2),
+    }
+
+
 def fan_out(
     name: str,
     server: Server,
@@ -719,6 +749,8 @@ def main() -> None:
                 before = gc_reading(server)
                 figures = one_to_one(name, [server], users, inflight, args.duration)
                 report(name, {**figures, **gc_between(before, gc_reading(server))})
+            if label in only:  # the pairs have conversations now, with history
+                report(f"lanchat/{label} resync reads", resync(server, users, args.duration))
             if label == "sqlite" and {"community", "idle"} & only:
                 members = asyncio.run(register_many(server.base, 1000, "1500"))
                 for size in (200, 1000) if "community" in only else ():
