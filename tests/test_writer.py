@@ -135,8 +135,10 @@ async def test_the_log_is_checkpointed_beside_the_commits_and_starts_over(tmp_pa
     # 400 commits wrote thousands of pages, and the log was never allowed to keep them
     assert checkpointer.stats["checkpoints"] > 0
     assert checkpointer.stats["restarts"] > 0
-    # ~3.5 restart_pages at most here; 85-105 without the restarts or the checkpointer
-    assert max(pages_seen) < 20 * checkpointer.restart_pages
+    # The file never shrinks, so a checkpointer thread stalled by a busy machine leaves it at
+    # its longest: 4-6 restart_pages in most runs here, 36 in the worst of about 60; about
+    # 120 without the restarts.
+    assert max(pages_seen) < 60 * checkpointer.restart_pages
     with sqlite3.connect(path) as db:
         per_conv = db.execute("SELECT conv_id, COUNT(*), MAX(seq) FROM message GROUP BY conv_id")
         counts = [(n, last) for _, n, last in per_conv]
