@@ -27,12 +27,13 @@ from .keys import (
     READS,
     SETTINGS,
     WRITER,
+    WRITES,
 )
 from .limits import FailureWindow
 from .messages import Writer
 from .metrics import Metrics
 from .node import Node
-from .reads import Reads
+from .reads import Reads, Writes
 from .security import Passwords
 from .settings import Settings
 from .store import ping
@@ -183,6 +184,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[SETTINGS].db)
     app[ENGINE] = engine
     app[READS] = reads = Reads(app[SETTINGS].db)
+    app[WRITES] = writes = Writes(app[SETTINGS].db)
     writer = Writer(make_sync_engine(app[SETTINGS].db), app[NODE])
     writer.on_acked = app[METRICS].observe_acks
     app[WRITER] = writer
@@ -190,6 +192,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await writer.close()
     reads.close()
+    writes.close()
     await engine.dispose()
 
 

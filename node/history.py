@@ -13,7 +13,7 @@ from .auth import Caller
 from .db import CATE_MEMBER, users
 from .dispatch import CMD_GROUP, CMD_SINGLE, group_key, pair_key, receipt_frame
 from .errors import BadRequest, Forbidden, NotFound
-from .keys import ENGINE, NODE, READS
+from .keys import NODE, READS, WRITES
 from .packets import users_packet
 from .params import Params, get_int, need_int
 from .reads import contact_ids
@@ -74,7 +74,7 @@ async def conversations(request: web.Request, params: Params, caller: Caller) ->
 async def read(request: web.Request, params: Params, caller: Caller) -> web.Response:
     cmd, dst, conv_id = await _conversation(request, params, caller)
     seq = need_int(params, "seq", lo=0)
-    read_seq, moved = await messages.mark_read(request.app[ENGINE], caller.user, conv_id, seq)
+    read_seq, moved = await request.app[WRITES].run(messages.mark_read, caller.user, conv_id, seq)
     if moved:
         node = request.app[NODE]
         mine = receipt_frame(cmd, caller.user, dst, read_seq)

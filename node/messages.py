@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .checkpoint import Checkpointer
 from .db import conversations, messages, now_ms, readmarks
@@ -478,23 +477,22 @@ def _recent(row: dict[str, Any]) -> int:
     return int(last["createat"]) if last else 0
 
 
-async def mark_read(engine: AsyncEngine, uid: int, conv_id: int, seq: int) -> tuple[int, bool]:
-    """Move the marker forward to seq (clamped to the last message). (read_seq, moved)."""
-    async with engine.begin() as conn:
-        last = (
-            await conn.execute(
-                sa.select(conversations.c.last_seq).where(conversations.c.id == conv_id)
-            )
-        ).scalar_one()
-        target = min(seq, int(last))
-        where = (readmarks.c.userid == uid, readmarks.c.conv_id == conv_id)
-        current = (await conn.execute(sa.select(readmarks.c.read_seq).where(*where))).scalar()
-        if current is None:
-            await conn.execute(
-                readmarks.insert().values(userid=uid, conv_id=conv_id, read_seq=target)
-            )
-            return target, target > 0
-        if target <= current:
-            return int(current), False
-        await conn.execute(readmarks.update().where(*where).values(read_seq=target))
+def mark_read(conn: sa.Connection, uid: int, conv_id: int, seq: int) -> tuple[int, bool]:
+    """A write (node.reads.Writes): move the marker forward to seq, clamped to the last
+    message; (read_seq, moved). The UPDATE only ever raises the marker, so two nodes moving it
+    at once never move it back."""
+    last = conn.execute(
+        sa.select(conversations.c.last_seq).where(conversations.c.id == conv_id)
+    ).scalar_one()
+    target = min(seq, int(last))
+    where = (readmarks.c.userid == uid, readmarks.c.conv_id == conv_id)
+    raised = conn.execute(
+        readmarks.update().where(*where, readmarks.c.read_seq < target).values(read_seq=target)
+    )
+    if raised.rowcount:
         return target, True
+    current = conn.execute(sa.select(readmarks.c.read_seq).where(*where)).scalar()
+    if current is None:
+        conn.execute(readmarks.insert().values(userid=uid, conv_id=conv_id, read_seq=target))
+        return target, target > 0
+    return int(current), False

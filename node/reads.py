@@ -1,5 +1,5 @@
-"""The reads of every connect, every authenticated request and every resync, in threads of
-their own."""
+"""The database work of every connect, every authenticated request, every resync and every
+read marker, in threads of their own."""
 
 from __future__ import annotations
 
@@ -19,60 +19,71 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class Reads:
-    """Runs a function of a blocking connection (pysqlite, pymysql) in a small pool of
-    threads: the user behind a token (every /chat upgrade and every authenticated request), a
-    connecting user's friend and community ids, and what a client fetches when it comes back
-    (its conversations, their history).
-
-    One hand-off to a thread and one back per read, however many statements it runs, on a
-    connection the thread keeps (see _connection). Through
-    the async engine every driver call (cursor, execute, fetch, close, rollback) was a hand-off
-    of its own: on SQLite a token lookup cost about 1.5 ms of CPU, and a node that 10,000
-    clients reconnected to at once spent most of its time there. The connections only read:
-    on SQLite they begin no write transaction (`query_only`), so they never wait for the
-    message writer, nor it for them. Errors are SQLAlchemy's, as from the async engine (a
-    database that is down is a 503), and so are lanchat's own (404, 403) raised by a read.
+class Threads:
+    """Runs functions of a blocking connection (pysqlite, pymysql) in a small pool of threads:
+    one hand-off to a thread and one back per call, however many statements it runs, on a
+    connection the thread keeps between calls. Through the async engine every driver call
+    (cursor, execute, fetch, close, rollback) was a hand-off of its own: on SQLite a token
+    lookup cost about 1.5 ms of CPU, and a node that 10,000 clients reconnected to at once
+    spent most of its time there. Errors are SQLAlchemy's, as from the async engine (a database
+    that is down is a 503), and so are lanchat's own (404, 403) raised by the function. A call
+    that finds its connection closed by the database (a restart, its idle timeout) is done
+    again, once, on a new one: only reads and idempotent writes go through here.
     """
 
-    def __init__(self, url: str, threads: int = THREADS) -> None:
-        self.engine = make_sync_engine(url, pool_size=threads, read_only=True)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="read")
+    def __init__(self, engine: sa.Engine, threads: int, name: str) -> None:
+        self.engine = engine
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
         self._local = threading.local()  # each thread's connection
         self._open: set[sa.Connection] = set()
         self._lock = threading.Lock()
 
     async def run(
-        self, read: Callable[Concatenate[sa.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+        self, fn: Callable[Concatenate[sa.Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """read(connection, *args, **kwargs) in one of the threads."""
+        """fn(connection, *args, **kwargs) in one of the threads."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, functools.partial(self._call, read, *args, **kwargs)
+            self._pool, functools.partial(self._call, fn, *args, **kwargs)
         )
 
+    def close(self) -> None:
+        self._pool.shutdown()  # every call has returned
+        for conn in list(self._open):
+            try:
+                conn.close()
+            except sa.exc.DBAPIError:
+                conn.invalidate()
+        self.engine.dispose()
+
+    def _connect(self) -> sa.Connection:
+        return self.engine.connect()
+
+    def _execute(
+        self,
+        conn: sa.Connection,
+        fn: Callable[Concatenate[sa.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        return fn(conn, *args, **kwargs)
+
     def _call(
-        self, read: Callable[Concatenate[sa.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+        self, fn: Callable[Concatenate[sa.Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         for attempt in range(2):
             conn = self._connection()
             try:
-                return read(conn, *args, **kwargs)
+                return self._execute(conn, fn, *args, **kwargs)
             except sa.exc.DBAPIError as exc:
                 self._drop(conn)
-                # A connection the database closed meanwhile (a restart, its idle timeout):
-                # the read is tried once more on a new one.
                 if attempt or not exc.connection_invalidated:
                     raise
         raise AssertionError("unreachable")
 
     def _connection(self) -> sa.Connection:
-        """This thread's connection, kept open between reads. In autocommit every statement
-        sees what is committed by then, and a read costs no round trip to end a transaction
-        nor one to check the connection first."""
         conn: sa.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._local.conn = conn
+            conn = self._local.conn = self._connect()
             with self._lock:
                 self._open.add(conn)
         return conn
@@ -86,6 +97,24 @@ class Reads:
         except sa.exc.DBAPIError:
             conn.invalidate()
 
+
+class Reads(Threads):
+    """The reads of a node's hot paths: the user behind a token (every /chat upgrade and
+    every authenticated request), a connecting user's friend and community ids, and what a
+    client fetches when it comes back (its conversations, their history).
+
+    Each thread's connection is in autocommit: every statement sees what is committed by
+    then, and a read costs no round trip to end a transaction nor one to check the connection
+    first. On SQLite the connections are `query_only` and begin no write transaction, so they
+    never wait for the message writer, nor it for them.
+    """
+
+    def __init__(self, url: str, threads: int = THREADS) -> None:
+        super().__init__(make_sync_engine(url, pool_size=threads, read_only=True), threads, "read")
+
+    def _connect(self) -> sa.Connection:
+        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
     async def session_user(self, digest: str) -> int | None:
         """The user of a live session, or None for an unknown, revoked or expired token."""
         return await self.run(session_user, digest)
@@ -94,14 +123,27 @@ class Reads:
         """The user's friends and the communities the user belongs to."""
         return await self.run(contact_ids, uid)
 
-    def close(self) -> None:
-        self._pool.shutdown()  # every read has returned
-        for conn in list(self._open):
-            try:
-                conn.close()
-            except sa.exc.DBAPIError:
-                conn.invalidate()
-        self.engine.dispose()
+
+class Writes(Threads):
+    """Small idempotent writes clients make often: the read markers, which a browser moves for
+    every message that arrives in the conversation it shows. Each call is one transaction. On
+    SQLite one thread (BEGIN IMMEDIATE: it takes its turn with the message writer, and a second
+    thread would only wait for the same lock); on MySQL two, so that one waiting for the server
+    does not hold the other up."""
+
+    def __init__(self, url: str) -> None:
+        threads = 1 if url.startswith("sqlite:") else THREADS
+        super().__init__(make_sync_engine(url, pool_size=threads), threads, "write")
+
+    def _execute(
+        self,
+        conn: sa.Connection,
+        fn: Callable[Concatenate[sa.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        with conn.begin():
+            return fn(conn, *args, **kwargs)
 
 
 _SESSION = sa.select(sessions.c.userid).where(
