@@ -241,26 +241,27 @@ async def _idle(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _resync(job: dict[str, Any]) -> dict[str, Any]:
-    """What a client does when it comes back: its conversation list, then the latest page of
-    history of its one-to-one conversation. job['concurrency'] clients at a time, round and
-    round over job['users'] for job['duration'] seconds; every answer must be a 200 whose rows
-    are there."""
+    """What a client does when it comes back: its conversation list, the latest page of
+    history of its one-to-one conversation, and its read marker moved to the end of that page.
+    job['concurrency'] clients at a time, round and round over job['users'] for
+    job['duration'] seconds; every answer must be a 200 with code 0."""
     base, users, duration = job["base"], job["users"], job["duration"]
     latencies: list[float] = []
     stats = {"requests": 0, "errors": 0}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
-        async def get(path: str, user: dict[str, Any], **params: Any) -> list[Any]:
+        async def call(method: str, path: str, user: dict[str, Any], **params: Any) -> Any:
             started = time.perf_counter()
             headers = {"Authorization": f"Bearer {user['token']}"}
-            async with http.get(base + path, params=params, headers=headers) as r:
+            form = {"params": params} if method == "GET" else {"data": params}
+            async with http.request(method, base + path, headers=headers, **form) as r:
                 body = orjson.loads(await r.read())
             latencies.append(time.perf_counter() - started)
             stats["requests"] += 1
-            if r.status != 200 or "rows" not in body:
+            if r.status != 200 or body.get("code") != 0:
                 stats["errors"] += 1
-                return []
-            return body["rows"]
+                return {}
+            return body
 
         start = time.perf_counter()
         cpu_start = time.process_time()
@@ -271,12 +272,14 @@ async def _resync(job: dict[str, Any]) -> dict[str, Any]:
             while time.perf_counter() < stop_at:
                 user = users[i % len(users)]
                 i += job["concurrency"]
-                rows = await get("/message/conversations", user)
+                rows = (await call("GET", "/message/conversations", user)).get("rows")
                 if not rows:
                     stats["errors"] += 1  # every bench user has a conversation by now
                     continue
-                last = rows[0]
-                await get("/message/history", user, cmd=last["cmd"], dstid=last["dstid"], limit=50)
+                chat = {"cmd": rows[0]["cmd"], "dstid": rows[0]["dstid"]}
+                page = (await call("GET", "/message/history", user, **chat, limit=50)).get("rows")
+                if page:  # what a browser does once it shows them
+                    await call("POST", "/message/read", user, **chat, seq=page[-1]["seq"])
 
         await asyncio.gather(*(client(n) for n in range(job["concurrency"])))
         elapsed = time.perf_counter() - start

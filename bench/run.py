@@ -381,9 +381,9 @@ def one_to_one(
 
 
 def resync(server: Server, users: list[dict[str, Any]], duration: float) -> dict[str, Any]:
-    """Clients coming back fetch their conversation list and a page of history over HTTP,
-    16 at a time from two processes: requests answered per second, their latency, and the
-    server's CPU per request."""
+    """Clients coming back fetch their conversation list and a page of history and move their
+    read marker over HTTP, 16 at a time from two processes: requests answered per second,
+    their latency, and the server's CPU per request."""
     jobs = [
         {"base": server.base, "users": users[i::WORKERS], "duration": duration, "concurrency": 8}
         for i in range(WORKERS)
@@ -750,7 +750,7 @@ def main() -> None:
                 figures = one_to_one(name, [server], users, inflight, args.duration)
                 report(name, {**figures, **gc_between(before, gc_reading(server))})
             if label in only:  # the pairs have conversations now, with history
-                report(f"lanchat/{label} resync reads", resync(server, users, args.duration))
+                report(f"lanchat/{label} resync", resync(server, users, args.duration))
             if label == "sqlite" and {"community", "idle"} & only:
                 members = asyncio.run(register_many(server.base, 1000, "1500"))
                 for size in (200, 1000) if "community" in only else ():
