@@ -316,24 +316,24 @@ def in_workers(kind: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return results
 
 
+def percentile_ms(latencies: list[float], p: float) -> float:
+    """The p-th quantile of sorted latencies in seconds, in milliseconds (0 for none)."""
+    if not latencies:
+        return 0.0
+    return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
+
+
 def summarise(results: list[dict[str, Any]], elapsed: float | None = None) -> dict[str, Any]:
     latencies = sorted(x for r in results for x in r["latencies"])
     delivered = sum(r["delivered"] for r in results)
     elapsed = elapsed or max(r["elapsed"] for r in results)
 
-    def pct(p: float) -> float:
-        return (
-            round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
-            if latencies
-            else 0.0
-        )
-
     return {
         "delivered": delivered,
         "per_s": round(delivered / elapsed),
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "p999_ms": pct(0.999),
+        "p50_ms": percentile_ms(latencies, 0.50),
+        "p99_ms": percentile_ms(latencies, 0.99),
+        "p999_ms": percentile_ms(latencies, 0.999),
         "lost": sum(r.get("lost", 0) for r in results),
         "duplicates": sum(r["duplicates"] for r in results),
         "errors": sum(r.get("errors", 0) for r in results),
@@ -395,14 +395,11 @@ def resync(server: Server, users: list[dict[str, Any]], duration: float) -> dict
     latencies = sorted(x for r in results for x in r["latencies"])
     requests = sum(r["requests"] for r in results)
 
-    def pct(p: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
-
     return {
         "requests": requests,
         "per_s": round(requests / elapsed),
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
+        "p50_ms": percentile_ms(latencies, 0.50),
+        "p99_ms": percentile_ms(latencies, 0.99),
         "errors": sum(r["errors"] for r in results),
         "server_cpu": round(used / elapsed, 2),
         "server_cpu_ms_per_request": round(used * 1000 / requests, 2),

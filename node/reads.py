@@ -49,10 +49,7 @@ class Threads:
     def close(self) -> None:
         self._pool.shutdown()  # every call has returned
         for conn in list(self._open):
-            try:
-                conn.close()
-            except sa.exc.DBAPIError:
-                conn.invalidate()
+            _close(conn)
         self.engine.dispose()
 
     def _connect(self) -> sa.Connection:
@@ -92,10 +89,15 @@ class Threads:
         self._local.conn = None
         with self._lock:
             self._open.discard(conn)
-        try:
-            conn.close()
-        except sa.exc.DBAPIError:
-            conn.invalidate()
+        _close(conn)
+
+
+def _close(conn: sa.Connection) -> None:
+    """Back to the pool, or thrown away if the database already dropped it."""
+    try:
+        conn.close()
+    except sa.exc.DBAPIError:
+        conn.invalidate()
 
 
 class Reads(Threads):

@@ -68,6 +68,15 @@ def fresh_mysql_database() -> tuple[str, Callable[[], None]]:
     return f"mysql://root:@{MYSQL_HOST}:{MYSQL_PORT}/{name}", drop
 
 
+@pytest.fixture
+def mysql_url() -> Any:
+    """A fresh database on the real MariaDB, dropped afterwards."""
+    need_mysql()
+    url, drop = fresh_mysql_database()
+    yield url
+    drop()
+
+
 @pytest.fixture(params=["sqlite", "mysql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
     """Every storage test runs on the embedded SQLite and on the real MariaDB."""

@@ -20,18 +20,10 @@ from node.packets import Packet, Route
 from node.wire import Kind, data_body, packet_bytes, seal
 
 from .cluster import SECRET, Client, NodeProc, free_port, wait_healthy
-from .conftest import CI, fresh_mysql_database, need_mysql
+from .conftest import CI
 from .test_chat import closed_with, recv
 
 DEADLINE = 20
-
-
-@pytest.fixture
-def mysql_url():
-    need_mysql()
-    url, drop = fresh_mysql_database()
-    yield url
-    drop()
 
 
 REDIS_URL = os.environ.get("LANCHAT_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -21,17 +21,9 @@ from node.db import (
 )
 from node.reads import Reads
 
-from .conftest import MYSQL_HOST, MYSQL_PORT, fresh_mysql_database, need_mysql
+from .conftest import MYSQL_HOST, MYSQL_PORT
 
 DAY_MS = 86_400_000
-
-
-@pytest.fixture
-def mysql_url():
-    need_mysql()
-    url, drop = fresh_mysql_database()
-    yield url
-    drop()
 
 
 async def prepared(url: str) -> None:
