@@ -272,7 +272,10 @@ async def _resync(job: dict[str, Any]) -> dict[str, Any]:
             while time.perf_counter() < stop_at:
                 user = users[i % len(users)]
                 i += job["concurrency"]
-                rows = (await call("GET", "/message/conversations", user)).get("rows")
+                body = await call("GET", "/message/conversations", user)
+                if not body:
+                    continue  # counted as an error by call
+                rows = body.get("rows")
                 if not rows:
                     stats["errors"] += 1  # every bench user has a conversation by now
                     continue
