@@ -179,7 +179,8 @@ class BatchStore:
     settings apply) and talks to it directly with plain SQL: the statements change shape with
     every batch (a multi-row VALUES, a CASE, IN lists), and the SQLAlchemy layer around each
     one cost more than the database did. A connection the driver reports lost is dropped and
-    the batch tried again on a new one.
+    the batch tried again on a new one; if it was lost during the COMMIT, the new one first
+    looks whether that commit was carried out.
 
     A batch is first written without looking for resends: the unique (sender, client_id)
     index refuses a message stored before, and only then is the batch written again with the
@@ -212,11 +213,19 @@ class BatchStore:
 
     def store(self, rows: list[Row]) -> list[Stored]:
         lookup = False
+        unsure: list[Stored] | None = None  # a batch whose COMMIT went out and got no answer
         for attempt in range(RETRIES):
             last = attempt == RETRIES - 1
             raw = self.connection()
             cursor = raw.cursor()
+            stored: list[Stored] | None = None
             try:
+                if unsure is not None:
+                    landed = self._landed(cursor, unsure)
+                    raw.rollback()  # the check's share locks
+                    if landed:
+                        return unsure
+                    unsure = None
                 if self._sqlite:
                     cursor.execute("BEGIN IMMEDIATE")  # take the write lock before reading
                 stored = self._store(cursor, rows, lookup)
@@ -231,11 +240,19 @@ class BatchStore:
                 if last:
                     raise
             except self.errors as exc:
+                # Conversations created in the transaction that failed went with it.
+                self._convs.clear()
                 error: Any = exc  # a driver error (is_disconnect is typed for DBAPI's Error)
                 lost = self.engine.dialect.is_disconnect(error, self._raw, None)
                 if lost:
                     self._raw.invalidate()
                     self._raw = None
+                    if stored is not None:
+                        # Lost during the COMMIT, which may have been carried out. Stored
+                        # again, the batch would find its own messages as resends (never
+                        # delivered) and store those without a client id twice: the next
+                        # attempt looks first.
+                        unsure = stored
                 else:
                     self._rollback()
                 if last or not (lost or _is_deadlock(exc)):
@@ -243,6 +260,20 @@ class BatchStore:
             finally:
                 cursor.close()
         raise AssertionError("unreachable")
+
+    def _landed(self, cursor: Any, planned: list[Stored]) -> bool:
+        """Whether the batch that was to be stored as `planned` was committed. The lookup is
+        a locking read (on MariaDB): it waits for the transaction that inserted those rows
+        if the server has not finished it yet, so the answer is final."""
+        fresh = {(s.mid, s.seq) for s in planned if s.fresh}
+        if not fresh:
+            return True  # only resends of messages stored before: nothing to find
+        mids = tuple(mid for mid, _ in fresh)
+        cursor.execute(_landed_sql(self._mark, len(mids), not self._sqlite), mids)
+        found = {(int(mid), int(seq)) for mid, seq in cursor.fetchall()}
+        if found and found != fresh:
+            raise RuntimeError("a batch whose commit was not confirmed is only partly stored")
+        return bool(found)
 
     def _rollback(self) -> None:
         try:
@@ -373,6 +404,12 @@ def _advance_sql(mark: str, n: int, returning: bool) -> str:
 @functools.lru_cache(maxsize=MAX_BATCH)
 def _last_seqs_sql(mark: str, n: int) -> str:
     return f"SELECT id, last_seq FROM conversation WHERE id IN ({_marks(mark, n)})"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=MAX_BATCH)
+def _landed_sql(mark: str, n: int, locking: bool) -> str:
+    lock = " LOCK IN SHARE MODE" if locking else ""
+    return f"SELECT mid, seq FROM message WHERE mid IN ({_marks(mark, n)}){lock}"  # noqa: S608
 
 
 @functools.lru_cache(maxsize=MAX_BATCH)

@@ -4,7 +4,10 @@ batches, and a connection the database dropped."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import sqlite3
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,7 +22,7 @@ from node.hub import Conn
 from node.messages import BatchStore, Pending, Row, Writer
 from node.packets import Packet
 
-from .conftest import fresh_mysql_database, need_mysql
+from .conftest import MYSQL_HOST, MYSQL_PORT, fresh_mysql_database, need_mysql
 
 
 async def open_store(url: str) -> BatchStore:
@@ -97,6 +100,105 @@ def test_a_connection_the_database_dropped_is_replaced(mysql_store):
     out = store.store([row("after")])
     assert [(s.seq, s.fresh) for s in out] == [(2, True)]
     assert store._raw.dbapi_connection.thread_id() != thread_id
+
+
+class CommitCutter:
+    """A TCP proxy in front of MariaDB that, once armed, cuts the connection that sends the
+    next COMMIT: after passing it on and before passing the answer back (carried_out: the
+    server commits, the client only sees its connection lost, as when a network or the
+    server's host fails just then), or before passing it on."""
+
+    def __init__(self, carried_out: bool) -> None:
+        self.carried_out = carried_out
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed = threading.Event()
+        self.cut = threading.Event()  # a COMMIT or its answer was swallowed
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((MYSQL_HOST, MYSQL_PORT))
+            swallow = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, swallow), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, swallow), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, swallow: threading.Event) -> None:
+        """Client to server; whole packets (3-byte length, sequence id, payload) are looked
+        at before they are passed on, so the cut is set up before the COMMIT leaves."""
+        pending = b""
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                pending += data
+                while len(pending) >= 4 and len(pending) >= 4 + (
+                    size := int.from_bytes(pending[:3], "little")
+                ):
+                    if pending[4 : 4 + size] == b"\x03COMMIT" and self.armed.is_set():
+                        self.armed.clear()
+                        swallow.set()
+                    pending = pending[4 + size :]
+                if swallow.is_set() and not self.carried_out:
+                    self.cut.set()
+                    break
+                server.sendall(data)
+        _shut(client, server)
+
+    def _down(self, server: socket.socket, client: socket.socket, swallow: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if swallow.is_set():
+                    self.cut.set()
+                    break
+                client.sendall(data)
+        _shut(client, server)
+
+
+def _shut(*socks: socket.socket) -> None:
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+@pytest.mark.parametrize("carried_out", [True, False], ids=["committed", "not-committed"])
+def test_a_commit_whose_answer_was_lost_is_neither_repeated_nor_taken_for_resends(
+    mysql_store, carried_out
+):
+    """The connection is lost during the batch's COMMIT. If MariaDB carried it out, the batch
+    is not stored again (a message without a client id would be there twice) and its messages
+    stay fresh, so the node delivers them (stored again, they would come back as resends of
+    themselves, acked but delivered to nobody); if not, the batch is stored on a new
+    connection. Either way each message is there once, with the numbers it was acked with."""
+    direct, db_url = mysql_store
+    cutter = CommitCutter(carried_out)
+    proxied = BatchStore(make_sync_engine(db_url.replace(f":{MYSQL_PORT}/", f":{cutter.port}/")))
+    try:
+        proxied.store([row("first")])
+        cutter.armed.set()
+        out = proxied.store([row("a"), row(None), row("b", OTHER)])
+        assert cutter.cut.is_set()  # the COMMIT or its answer really was swallowed
+        assert [(s.seq, s.fresh) for s in out] == [(2, True), (3, True), (1, True)]
+        assert [s.seq for s in proxied.store([row("c")])] == [4]
+    finally:
+        proxied.close()
+        cutter.close()
+    cursor = direct.connection().cursor()
+    cursor.execute("SELECT client_id, seq FROM message ORDER BY conv_id, seq")
+    assert [tuple(r) for r in cursor.fetchall()] == [
+        ("first", 1),
+        ("a", 2),
+        (None, 3),
+        ("c", 4),
+        ("b", 1),
+    ]
+    cursor.close()
 
 
 async def test_the_log_is_checkpointed_beside_the_commits_and_starts_over(tmp_path):
