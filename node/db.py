@@ -106,6 +106,9 @@ readmarks = sa.Table(
 )
 
 
+DB_TIMEOUT_S = 30.0  # longest a blocking MySQL connection waits for the server to answer
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -129,7 +132,15 @@ def make_sync_engine(url: str, pool_size: int = 2, read_only: bool = False) -> s
     batch or a read then costs one hand-off between threads instead of one per driver call."""
     driver_url, options = _driver(url, "pysqlite", "pymysql")
     if url.startswith("mysql:"):
-        options["connect_args"] = {"connect_timeout": 10}
+        # A server that stops answering with its sockets still open (a hung host, a pulled
+        # cable) fails the call after DB_TIMEOUT_S instead of holding the thread, and the
+        # node's shutdown behind it, for ever; the connection is replaced (reads.py,
+        # messages.py).
+        options["connect_args"] = {
+            "connect_timeout": 10,
+            "read_timeout": DB_TIMEOUT_S,
+            "write_timeout": DB_TIMEOUT_S,
+        }
     engine = sa.create_engine(driver_url, pool_size=pool_size, max_overflow=0, **options)
     if url.startswith("sqlite:"):
         if read_only:

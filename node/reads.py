@@ -97,7 +97,8 @@ def _close(conn: sa.Connection) -> None:
     try:
         conn.close()
     except sa.exc.DBAPIError:
-        conn.invalidate()
+        if not conn.closed:  # closed: SQLAlchemy already threw a lost connection away
+            conn.invalidate()
 
 
 class Reads(Threads):

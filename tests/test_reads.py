@@ -10,6 +10,7 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
+from node import db
 from node.db import (
     CATE_FRIEND,
     CATE_MEMBER,
@@ -22,6 +23,7 @@ from node.db import (
 from node.reads import Reads
 
 from .conftest import MYSQL_HOST, MYSQL_PORT
+from .dbproxy import MariaDBProxy
 
 DAY_MS = 86_400_000
 
@@ -113,6 +115,24 @@ async def test_a_connection_the_database_closed_is_replaced(mysql_url):
         assert await reads.session_user("live") == 1
         assert await reads.run(connection_id) != first
     finally:
+        reads.close()
+
+
+async def test_a_server_that_stops_answering_costs_a_read_the_timeout(mysql_url, monkeypatch):
+    """The kept connection's server stops answering with the socket still open (a hung host,
+    a pulled cable): the read gives that connection up after the timeout and is answered on
+    a new one, instead of holding the thread (and every read queued behind it) for ever."""
+    monkeypatch.setattr(db, "DB_TIMEOUT_S", 1.0)
+    await prepared(mysql_url)
+    proxy = MariaDBProxy()
+    reads = Reads(proxy.url(mysql_url), threads=1)
+    try:
+        first = await reads.run(connection_id)
+        proxy.freeze()
+        assert await asyncio.wait_for(reads.session_user("live"), 20) == 1
+        assert await reads.run(connection_id) != first
+    finally:
+        proxy.close()  # first: a read still waiting on it then ends
         reads.close()
 
 

@@ -4,8 +4,6 @@ batches, and a connection the database dropped."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -15,6 +13,7 @@ import orjson
 import pymysql
 import pytest
 
+from node import db
 from node.checkpoint import Checkpointer
 from node.db import make_engine, make_sync_engine, upgrade
 from node.dispatch import Chat
@@ -22,7 +21,8 @@ from node.hub import Conn
 from node.messages import BatchStore, Pending, Row, Writer
 from node.packets import Packet
 
-from .conftest import MYSQL_HOST, MYSQL_PORT, fresh_mysql_database, need_mysql
+from .conftest import fresh_mysql_database, need_mysql
+from .dbproxy import MariaDBProxy
 
 
 async def open_store(url: str) -> BatchStore:
@@ -102,69 +102,28 @@ def test_a_connection_the_database_dropped_is_replaced(mysql_store):
     assert store._raw.dbapi_connection.thread_id() != thread_id
 
 
-class CommitCutter:
-    """A TCP proxy in front of MariaDB that, once armed, cuts the connection that sends the
-    next COMMIT: after passing it on and before passing the answer back (carried_out: the
-    server commits, the client only sees its connection lost, as when a network or the
-    server's host fails just then), or before passing it on."""
-
-    def __init__(self, carried_out: bool) -> None:
-        self.carried_out = carried_out
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.armed = threading.Event()
-        self.cut = threading.Event()  # a COMMIT or its answer was swallowed
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection((MYSQL_HOST, MYSQL_PORT))
-            swallow = threading.Event()
-            threading.Thread(target=self._up, args=(client, server, swallow), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, swallow), daemon=True).start()
-
-    def _up(self, client: socket.socket, server: socket.socket, swallow: threading.Event) -> None:
-        """Client to server; whole packets (3-byte length, sequence id, payload) are looked
-        at before they are passed on, so the cut is set up before the COMMIT leaves."""
-        pending = b""
-        with contextlib.suppress(OSError):
-            while data := client.recv(65536):
-                pending += data
-                while len(pending) >= 4 and len(pending) >= 4 + (
-                    size := int.from_bytes(pending[:3], "little")
-                ):
-                    if pending[4 : 4 + size] == b"\x03COMMIT" and self.armed.is_set():
-                        self.armed.clear()
-                        swallow.set()
-                    pending = pending[4 + size :]
-                if swallow.is_set() and not self.carried_out:
-                    self.cut.set()
-                    break
-                server.sendall(data)
-        _shut(client, server)
-
-    def _down(self, server: socket.socket, client: socket.socket, swallow: threading.Event) -> None:
-        with contextlib.suppress(OSError):
-            while data := server.recv(65536):
-                if swallow.is_set():
-                    self.cut.set()
-                    break
-                client.sendall(data)
-        _shut(client, server)
-
-
-def _shut(*socks: socket.socket) -> None:
-    for sock in socks:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
+def test_a_server_that_stops_answering_costs_a_batch_the_timeout(mysql_store, monkeypatch):
+    """The writer's server stops answering with the socket still open: the batch gives the
+    connection up after the timeout and is stored on a new one, instead of the writer (every
+    message after it, and the node's shutdown) waiting for ever."""
+    monkeypatch.setattr(db, "DB_TIMEOUT_S", 1.0)
+    _, db_url = mysql_store
+    proxy = MariaDBProxy()
+    proxied = BatchStore(make_sync_engine(proxy.url(db_url)))
+    try:
+        proxied.store([row("before")])
+        thread_id = proxied._raw.dbapi_connection.thread_id()
+        proxy.freeze()
+        out: list = []
+        batch = threading.Thread(target=lambda: out.extend(proxied.store([row("after")])))
+        batch.start()
+        batch.join(20)  # without a timeout it would never return
+        assert not batch.is_alive()
+        assert [(s.seq, s.fresh) for s in out] == [(2, True)]
+        assert proxied._raw.dbapi_connection.thread_id() != thread_id
+    finally:
+        proxy.close()  # first: a batch still waiting on it then ends
+        proxied.close()
 
 
 @pytest.mark.parametrize("carried_out", [True, False], ids=["committed", "not-committed"])
@@ -177,18 +136,18 @@ def test_a_commit_whose_answer_was_lost_is_neither_repeated_nor_taken_for_resend
     themselves, acked but delivered to nobody); if not, the batch is stored on a new
     connection. Either way each message is there once, with the numbers it was acked with."""
     direct, db_url = mysql_store
-    cutter = CommitCutter(carried_out)
-    proxied = BatchStore(make_sync_engine(db_url.replace(f":{MYSQL_PORT}/", f":{cutter.port}/")))
+    proxy = MariaDBProxy()
+    proxied = BatchStore(make_sync_engine(proxy.url(db_url)))
     try:
         proxied.store([row("first")])
-        cutter.armed.set()
+        proxy.cut_next_commit(carried_out)
         out = proxied.store([row("a"), row(None), row("b", OTHER)])
-        assert cutter.cut.is_set()  # the COMMIT or its answer really was swallowed
+        assert proxy.cut.is_set()  # the COMMIT or its answer really was swallowed
         assert [(s.seq, s.fresh) for s in out] == [(2, True), (3, True), (1, True)]
         assert [s.seq for s in proxied.store([row("c")])] == [4]
     finally:
+        proxy.close()  # first: a batch still waiting on it then ends
         proxied.close()
-        cutter.close()
     cursor = direct.connection().cursor()
     cursor.execute("SELECT client_id, seq FROM message ORDER BY conv_id, seq")
     assert [tuple(r) for r in cursor.fetchall()] == [
