@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import queue
@@ -26,6 +27,7 @@ from .store import conversation_insert, conversation_lookup
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+CLOSE_TIMEOUT_S = 3.0  # on shutdown, for what is queued to be committed
 NOT_STORED = "the message was not stored; send it again"  # the client resends it
 RETRIES = 3
 
@@ -75,6 +77,7 @@ class Writer:
         self._stopped: asyncio.Future[None] | None = None
         self.stats = {"stored": 0, "resends": 0, "commits": 0, "db_errors": 0}
         self.on_acked: Callable[[list[float]], None] | None = None  # ack latencies, seconds
+        self._committing = 0  # messages in the batch the thread is storing
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,12 +102,24 @@ class Writer:
     def backlog(self) -> int:
         return self._inbox.qsize()
 
-    async def close(self) -> None:
-        """Commit everything already submitted, then stop."""
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Commit everything already submitted, then stop; for timeout_s at most. A database
+        that does not answer by then keeps what is left: unacked, those messages are sent
+        again by their clients, and the node's exit does not wait for it."""
         if self._thread is None or self._stopped is None:
             return
         self._inbox.put(None)
-        await self._stopped
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stopped), timeout_s)
+        except TimeoutError:
+            left = self._committing + self._inbox.qsize() - 1  # the stop mark is no message
+            log.warning(
+                "the database did not answer within %.0f s: stopping with %d messages not "
+                "stored (not acked either: their senders send them again)",
+                timeout_s,
+                left,
+            )
+            return
         self._thread.join()  # it has nothing left to do but return
         self._thread = None
 
@@ -124,6 +139,7 @@ class Writer:
                         break
                     batch.append(more)
                 pendings = [p for p, _ in batch]
+                self._committing = len(batch)
                 try:
                     results = self._batches.store([row for _, row in batch])
                 except Exception as exc:  # reported on the loop, where the senders are told
@@ -134,11 +150,14 @@ class Writer:
                         checkpointer.committed()
                         if checkpointer.restart_due:
                             checkpointer.restart(self._batches.connection)
+                finally:
+                    self._committing = 0
         finally:
             if checkpointer is not None:
                 checkpointer.close()
             self._batches.close()
-            loop.call_soon_threadsafe(stopped.set_result, None)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: close() gave up on us
+                loop.call_soon_threadsafe(stopped.set_result, None)
 
     def _failed(self, batch: list[Pending], exc: Exception) -> None:
         if isinstance(exc, self._batches.errors):

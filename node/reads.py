@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
 from .db import CATE_FRIEND, CATE_MEMBER, contacts, make_sync_engine, now_ms, sessions
 
+log = logging.getLogger(__name__)
+
 THREADS = 2
+CLOSE_TIMEOUT_S = 1.0  # on shutdown, for the calls under way
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 class Threads:
-    """Runs functions of a blocking connection (pysqlite, pymysql) in a small pool of threads:
+    """Runs functions of a blocking connection (pysqlite, pymysql) in a small set of threads:
     one hand-off to a thread and one back per call, however many statements it runs, on a
     connection the thread keeps between calls. Through the async engine every driver call
     (cursor, execute, fetch, close, rollback) was a hand-off of its own: on SQLite a token
@@ -29,11 +34,21 @@ class Threads:
     that is down is a 503), and so are lanchat's own (404, 403) raised by the function. A call
     that finds its connection closed by the database (a restart, its idle timeout) is done
     again, once, on a new one: only reads and idempotent writes go through here.
+
+    The threads are daemons, not a ThreadPoolExecutor's: the interpreter waits at exit for
+    those, and one stuck on a database that stopped answering would hold the node's exit.
     """
 
     def __init__(self, engine: sa.Engine, threads: int, name: str) -> None:
         self.engine = engine
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self.name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
         self._local = threading.local()  # each thread's connection
         self._open: set[sa.Connection] = set()
         self._lock = threading.Lock()
@@ -42,15 +57,36 @@ class Threads:
         self, fn: Callable[Concatenate[sa.Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """fn(connection, *args, **kwargs) in one of the threads."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, functools.partial(self._call, fn, *args, **kwargs)
-        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, future, functools.partial(self._call, fn, *args, **kwargs)))
+        return await future
 
-    def close(self) -> None:
-        self._pool.shutdown()  # every call has returned
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Let the calls under way finish, for timeout_s at most, then close the connections."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if stuck := sum(thread.is_alive() for thread in self._threads):
+            log.warning("%d %s threads still wait for the database; leaving them", stuck, self.name)
+            return  # their connections are theirs: closing one under a thread is unsafe
         for conn in list(self._open):
-            _close(conn)
+            # Closed, not handed back to the pool: that would be a ROLLBACK, a round trip to a
+            # server that may not answer any more.
+            conn.invalidate()
         self.engine.dispose()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, call = job
+            try:
+                result = call()
+            except BaseException as exc:  # handed to the caller, whatever it is
+                _hand_back(loop, future.set_exception, future, exc)
+            else:
+                _hand_back(loop, future.set_result, future, result)
 
     def _connect(self) -> sa.Connection:
         return self.engine.connect()
@@ -90,6 +126,25 @@ class Threads:
         with self._lock:
             self._open.discard(conn)
         _close(conn)
+
+
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+
+
+def _hand_back(
+    loop: asyncio.AbstractEventLoop,
+    settle: Callable[[Any], None],
+    future: asyncio.Future[Any],
+    outcome: Any,
+) -> None:
+    def settle_if_waited() -> None:
+        if not future.done():  # the caller may have been cancelled meanwhile
+            settle(outcome)
+
+    try:
+        loop.call_soon_threadsafe(settle_if_waited)
+    except RuntimeError:  # the loop is closed: nobody waits any more
+        pass
 
 
 def _close(conn: sa.Connection) -> None:

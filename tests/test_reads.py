@@ -155,8 +155,8 @@ async def test_sqlite_lookups_only_read_and_never_wait_for_a_writer(tmp_path):
         assert await asyncio.wait_for(reads.session_user("new"), 10) is None
         writer.execute("COMMIT")
         assert await reads.session_user("new") == 5
-        with reads.engine.connect() as conn, pytest.raises(sa.exc.OperationalError) as err:
-            conn.execute(sessions.delete())
+        with pytest.raises(sa.exc.OperationalError) as err:
+            await reads.run(lambda conn: conn.execute(sessions.delete()))
         assert "readonly" in str(err.value)
     finally:
         writer.close()
