@@ -27,7 +27,7 @@ from .store import conversation_insert, conversation_lookup
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
-CLOSE_TIMEOUT_S = 3.0  # on shutdown, for what is queued to be committed
+CLOSE_TIMEOUT_S = 2.0  # on shutdown, for what is queued to be committed (after the drain)
 NOT_STORED = "the message was not stored; send it again"  # the client resends it
 RETRIES = 3
 

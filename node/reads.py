@@ -19,7 +19,7 @@ from .db import CATE_FRIEND, CATE_MEMBER, contacts, make_sync_engine, now_ms, se
 log = logging.getLogger(__name__)
 
 THREADS = 2
-CLOSE_TIMEOUT_S = 1.0  # on shutdown, for the calls under way
+CLOSE_TIMEOUT_S = 0.5  # on shutdown, for the calls under way
 P = ParamSpec("P")
 T = TypeVar("T")
 
