@@ -92,6 +92,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             except (TimeoutError, asyncio.CancelledError):
                 pass
         log.info("disconnect conn=%s user=%s code=%s", conn.id, user, ws.close_code)
+        conn.release()
     return ws
 
 

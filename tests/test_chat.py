@@ -653,3 +653,36 @@ async def test_metrics_time_garbage_collections(make_server):
     assert pauses in gc.callbacks
     await api.close()
     assert pauses not in gc.callbacks
+
+
+async def test_a_closed_connection_is_freed_without_the_cycle_collector(api):
+    """Once a connection ends, nothing of it waits for a garbage collection: with the
+    collector off, no Conn, writer or WebSocketResponse of the server is left in memory."""
+    from aiohttp import web
+
+    from node.hub import Conn
+
+    def leftovers() -> list[str]:
+        kinds = (Conn, node_ws.Flusher, web.WebSocketResponse)
+        return [type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds)]
+
+    a, b = await pair(api)
+    hub = api.client.server.app[node_ws.HUB]
+    gc.collect()
+    gc.disable()
+    try:
+        for user in (a, b, a):
+            ws = await api.ws(user)
+            await ws.send_str('{"cmd":0}')
+            assert (await recv(ws))["cmd"] == 0
+            await ws.close()
+        left = leftovers()
+        for _ in range(100):  # the handlers finish just after the close handshake
+            if not left:
+                break
+            await asyncio.sleep(0.05)
+            left = leftovers()
+        assert not hub.conns
+        assert left == []
+    finally:
+        gc.enable()
