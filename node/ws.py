@@ -80,19 +80,21 @@ async def chat(request: web.Request) -> web.StreamResponse:
             app[NODE].presence(user, True)
         await recvproc(request, ws, conn)
     finally:
-        hub.detach(conn)
-        if not hub.conns.get(user):
-            app[NODE].presence(user, False)
-        for task in closer:
-            await task
-        conn.close(1000, "")  # what is queued goes out first; a no-op if already closing
-        if (writing := flusher.task) is not None:
-            try:
-                await asyncio.wait_for(writing, CLOSE_TIMEOUT_S)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
-        log.info("disconnect conn=%s user=%s code=%s", conn.id, user, ws.close_code)
-        conn.release()
+        try:
+            hub.detach(conn)
+            if not hub.conns.get(user):
+                app[NODE].presence(user, False)
+            for task in closer:
+                await task
+            conn.close(1000, "")  # what is queued goes out first; a no-op if already closing
+            if (writing := flusher.task) is not None:
+                try:
+                    await asyncio.wait_for(writing, CLOSE_TIMEOUT_S)
+                except (TimeoutError, asyncio.CancelledError):
+                    pass
+            log.info("disconnect conn=%s user=%s code=%s", conn.id, user, ws.close_code)
+        finally:
+            conn.release()
     return ws
 
 
