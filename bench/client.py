@@ -217,27 +217,45 @@ async def _listeners(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _idle(job: dict[str, Any]) -> dict[str, Any]:
-    """Open many idle WebSockets, hold them until told, report how fast they opened."""
+    """Open many idle WebSockets and hold them; when told to ("again"), close them all and
+    open them again at once, as clients do after a network blip or a node restart; report
+    how fast they opened each time."""
     connector = aiohttp.TCPConnector(limit=0)
+    sem = asyncio.Semaphore(200)
+    out: dict[str, Any] = {}
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
-            start = time.perf_counter()
-            sem = asyncio.Semaphore(200)
 
             async def one(user):
                 async with sem:
                     return await http.ws_connect(ws_url(job["base"], user), heartbeat=None)
 
-            sockets = await asyncio.gather(*(one(u) for u in job["users"]))
-            elapsed = time.perf_counter() - start
+            async def close(ws):
+                async with sem:
+                    await ws.close()
+
+            async def open_all() -> tuple[list, float]:
+                start = time.perf_counter()
+                sockets = await asyncio.gather(*(one(u) for u in job["users"]))
+                return sockets, time.perf_counter() - start
+
+            sockets, out["elapsed"] = await open_all()
+            out["opened"] = len(sockets)
             job["ready"].set()
+            while not (job["again"].is_set() or job["stop"].is_set()):
+                await asyncio.sleep(0.1)
+            if job["again"].is_set():
+                await asyncio.gather(*(close(ws) for ws in sockets))
+                sockets, out["again_elapsed"] = await open_all()
+                out["reopened"] = len(sockets)
+                job["reopened"].set()
             while not job["stop"].is_set():
                 await asyncio.sleep(0.1)
-            for ws in sockets:
-                await ws.close()
+            await asyncio.gather(*(close(ws) for ws in sockets))
     finally:
         job["ready"].set()  # never leave the orchestrator waiting, even after a failure
-    return {"opened": len(sockets), "elapsed": elapsed}
+        job["reopened"].set()
+    return out
 
 
 async def _resync(job: dict[str, Any]) -> dict[str, Any]:

@@ -547,18 +547,23 @@ def idle(
     users: list[dict[str, Any]],
     count: int,
     meanwhile: Callable[[], None] | None = None,
+    metrics: bool = True,
 ) -> dict[str, Any]:
     """Open count idle WebSockets over users; with them open, memory is read and meanwhile
-    runs."""
-    stop = mp.Event()
+    runs; then all of them close and open again at once (a reconnect storm), and with
+    metrics, the node's garbage collections during that are read from /metrics."""
+    stop, again = mp.Event(), mp.Event()
     per = max(1, count // 4)
     targets = [users[i % len(users)] for i in range(count)]
     readies = [mp.Event() for _ in range(4)]
+    reopened = [mp.Event() for _ in range(4)]
     jobs = [
         {
             "base": server.base,
             "users": targets[i * per : (i + 1) * per],
             "ready": readies[i],
+            "again": again,
+            "reopened": reopened[i],
             "stop": stop,
         }
         for i in range(4)
@@ -576,17 +581,33 @@ def idle(
     after = rss_kib(server.proc.pid)
     if meanwhile is not None:
         meanwhile()
+    gc_before = gc_reading(server) if metrics else {}
+    start = time.perf_counter()
+    again.set()
+    for r in reopened:
+        r.wait(600)
+    again_elapsed = time.perf_counter() - start
+    gc_after = gc_reading(server) if metrics else {}
     stop.set()
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(timeout=60)
     raise_failed(results)
     opened = sum(r["opened"] for r in results)
-    return {
+    figures = {
         "connections": opened,
         "connects_per_s": round(opened / elapsed),
         "kib_per_connection": round((after - before) / opened, 1),
+        "reconnects_per_s": round(sum(r["reopened"] for r in results) / again_elapsed),
     }
+    if metrics:
+        storm = gc_between(gc_before, gc_after)
+        figures |= {
+            "reconnect_gc_collections": storm["gc_collections"],
+            "reconnect_gc_pause_ms": storm["gc_pause_ms"],
+            "reconnect_gc_longest_ms_at_most": storm["gc_longest_ms_at_most"],
+        }
+    return figures
 
 
 GROUPS = ("relay", "sqlite", "mariadb", "community", "idle", "udp", "redis")
@@ -614,12 +635,13 @@ def ratios(scen: dict[str, dict[str, Any]], pairs: int) -> dict[str, float]:
             f"lanchat/mariadb {one} inflight={n}",
             f"relay {one} inflight={n}",
         )
-    ratio(
-        "connects_vs_relay",
-        "lanchat/sqlite idle connections",
-        "relay idle connections",
-        figure="connects_per_s",
-    )
+    for figure in ("connects_per_s", "reconnects_per_s"):
+        ratio(
+            f"{figure.split('_')[0]}_vs_relay",
+            "lanchat/sqlite idle connections",
+            "relay idle connections",
+            figure=figure,
+        )
     single = f"lanchat/mariadb {one} inflight=10"
     for bus in ("udp", "redis"):
         cluster = f"lanchat/cluster3-{bus} {one} inflight=10"
@@ -726,7 +748,7 @@ def main() -> None:
                     report(name, one_to_one(name, [r], fake, inflight, args.duration))
             if "idle" in only:  # the same connections, over the same 1,000 user ids
                 fake = [{"id": i + 1} for i in range(1000)]
-                report("relay idle connections", idle(r, fake, args.idle))
+                report("relay idle connections", idle(r, fake, args.idle, metrics=False))
         finally:
             r.stop()
 

@@ -73,6 +73,15 @@ class GcPauses(Collector):
             "Objects left out of garbage collections (those of the node's start)",
             value=gc.get_freeze_count(),
         )
+        thresholds = GaugeMetricFamily(
+            "lanchat_gc_threshold",
+            "Collection thresholds: new objects before a young collection (0), collections of "
+            "one generation before one of the next (1, 2)",
+            labels=["generation"],
+        )
+        for generation, threshold in enumerate(gc.get_threshold()):
+            thresholds.add_metric([str(generation)], threshold)
+        yield thresholds
 
 
 class AckLatency(Collector):

@@ -112,3 +112,11 @@ def test_redis_alone_can_be_missing(mysql_server):
     mysql_server["server"] = f"mysql://root:@{MYSQL_HOST}:{MYSQL_PORT}"
     out = run.missing_services({"mariadb", "redis"}, f"redis://127.0.0.1:{closed_port()}/0", 1)
     assert list(out) == ["redis"] and out["redis"].startswith("Redis does not answer")
+
+
+def test_connects_and_reconnects_as_ratios_of_the_relay():
+    scen = {
+        "lanchat/sqlite idle connections": {"connects_per_s": 1_500, "reconnects_per_s": 900},
+        "relay idle connections": {"connects_per_s": 2_000, "reconnects_per_s": 1_200},
+    }
+    assert run.ratios(scen, 50) == {"connects_vs_relay": 0.75, "reconnects_vs_relay": 0.75}

@@ -200,6 +200,8 @@ def test_serve_then_sigterm_exits_0(tmp_path):
         # Serving, the objects of the start are out of the garbage collector's sight.
         (frozen,) = [x for x in lines if x.startswith("lanchat_gc_frozen")]
         assert float(frozen.split()[1]) > 10_000, frozen
+        # ... and young collections come every 10,000 new objects, not CPython's 700
+        assert 'lanchat_gc_threshold{generation="0"} 10000.0' in lines
         assert f"process_max_fds {float(hard)}" in lines
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
