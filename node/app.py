@@ -18,6 +18,7 @@ from .hub import Hub
 from .keys import (
     BUS,
     ENGINE,
+    HEALTH,
     HUB,
     LOGIN_FAILS_ADDR,
     LOGIN_FAILS_MOBILE,
@@ -33,10 +34,9 @@ from .limits import FailureWindow
 from .messages import Writer
 from .metrics import Metrics
 from .node import Node
-from .reads import Reads, Writes
+from .reads import Health, Reads, Writes
 from .security import Passwords
 from .settings import Settings
-from .store import ping
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ async def healthz(request: web.Request) -> web.Response:
         "counters": bus.stats(),
     }
     try:
-        await ping(app[ENGINE])
+        await app[HEALTH].ping()
     except Exception as exc:  # any failure to reach the database is "down"
         log.warning("healthz: database down: %s", exc)
         data["db"] = "down"
@@ -185,6 +185,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ENGINE] = engine
     app[READS] = reads = Reads(app[SETTINGS].db)
     app[WRITES] = writes = Writes(app[SETTINGS].db)
+    app[HEALTH] = health = Health(app[SETTINGS].db)
     writer = Writer(make_sync_engine(app[SETTINGS].db), app[NODE])
     writer.on_acked = app[METRICS].observe_acks
     app[WRITER] = writer
@@ -193,6 +194,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.close()
     reads.close()
     writes.close()
+    health.close()
     await engine.dispose()
 
 

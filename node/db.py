@@ -126,20 +126,23 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
-def make_sync_engine(url: str, pool_size: int = 2, read_only: bool = False) -> sa.Engine:
+def make_sync_engine(
+    url: str, pool_size: int = 2, read_only: bool = False, timeout_s: float | None = None
+) -> sa.Engine:
     """A blocking engine on the same database, for threads of their own (the message writer
     and on SQLite its checkpointer; read_only: the reads of every connect and resync): a
     batch or a read then costs one hand-off between threads instead of one per driver call."""
     driver_url, options = _driver(url, "pysqlite", "pymysql")
     if url.startswith("mysql:"):
         # A server that stops answering with its sockets still open (a hung host, a pulled
-        # cable) fails the call after DB_TIMEOUT_S instead of holding the thread, and the
-        # node's shutdown behind it, for ever; the connection is replaced (reads.py,
-        # messages.py).
+        # cable) fails the call after DB_TIMEOUT_S (or timeout_s) instead of holding the
+        # thread, and the node's shutdown behind it, for ever; the connection is replaced
+        # (reads.py, messages.py).
+        timeout = DB_TIMEOUT_S if timeout_s is None else timeout_s
         options["connect_args"] = {
-            "connect_timeout": 10,
-            "read_timeout": DB_TIMEOUT_S,
-            "write_timeout": DB_TIMEOUT_S,
+            "connect_timeout": min(10, max(1, round(timeout))),
+            "read_timeout": timeout,
+            "write_timeout": timeout,
         }
     engine = sa.create_engine(driver_url, pool_size=pool_size, max_overflow=0, **options)
     if url.startswith("sqlite:"):

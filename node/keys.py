@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .messages import Writer
     from .metrics import Metrics
     from .node import Node
-    from .reads import Reads, Writes
+    from .reads import Health, Reads, Writes
     from .security import Passwords
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -27,6 +27,7 @@ NODE: web.AppKey[Node] = web.AppKey("node")
 WRITER: web.AppKey[Writer] = web.AppKey("writer")
 READS: web.AppKey[Reads] = web.AppKey("reads")
 WRITES: web.AppKey[Writes] = web.AppKey("writes")
+HEALTH: web.AppKey[Health] = web.AppKey("health")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PASSWORDS: web.AppKey[Passwords] = web.AppKey("passwords")
 LOGIN_FAILS_MOBILE: web.AppKey[FailureWindow] = web.AppKey("login_fails_mobile")

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 THREADS = 2
 CLOSE_TIMEOUT_S = 0.5  # on shutdown, for the calls under way
+HEALTH_TIMEOUT_S = 2.0  # a health check's statement, on MySQL
+HEALTH_WAIT_S = 5.0  # a health check, reconnecting included
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -180,6 +182,28 @@ class Reads(Threads):
     async def contact_ids(self, uid: int) -> tuple[list[int], list[int]]:
         """The user's friends and the communities the user belongs to."""
         return await self.run(contact_ids, uid)
+
+
+class Health(Threads):
+    """The database check of /healthz, in a thread and on a connection of its own, with a
+    short timeout: a database that stops answering is reported down within seconds (through the
+    async engine the check waited as long as the server did, for ever if it hung), and the
+    check neither waits behind the reads of the hot paths nor holds them up."""
+
+    def __init__(self, url: str) -> None:
+        engine = make_sync_engine(url, pool_size=1, read_only=True, timeout_s=HEALTH_TIMEOUT_S)
+        super().__init__(engine, 1, "health")
+
+    def _connect(self) -> sa.Connection:
+        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    async def ping(self) -> None:
+        """Returns once the database answered; raises if it did not, or not in time."""
+        await asyncio.wait_for(self.run(_ping), HEALTH_WAIT_S)
+
+
+def _ping(conn: sa.Connection) -> None:
+    conn.execute(sa.text("SELECT 1"))
 
 
 class Writes(Threads):

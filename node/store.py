@@ -332,8 +332,3 @@ def member_ids(conn: sa.Connection, cid: int) -> list[int]:
         .order_by(contacts.c.id)
     )
     return [int(r[0]) for r in conn.execute(query)]
-
-
-async def ping(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
-        await conn.execute(sa.text("SELECT 1"))

@@ -16,7 +16,7 @@ class MariaDBProxy:
     passing it on and before passing the answer back (carried_out: the server commits, the
     client only sees its connection lost) or before passing it on. freeze(): the connections
     open now pass nothing more either way and stay open, as with a server that hangs or a
-    cable pulled; new connections work."""
+    cable pulled; new connections work, unless new_too."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -25,6 +25,7 @@ class MariaDBProxy:
         self._commit: bool | None = None  # armed: whether the next COMMIT is carried out
         self._lock = threading.Lock()
         self._frozen: list[threading.Event] = []
+        self._freeze_new = False
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -35,10 +36,18 @@ class MariaDBProxy:
     def cut_next_commit(self, carried_out: bool) -> None:
         self._commit = carried_out
 
-    def freeze(self) -> None:
+    def freeze(self, new_too: bool = False) -> None:
+        """new_too: connections made from now on hang as well, as with a server that hangs
+        as a whole rather than on some connections."""
         with self._lock:
+            self._freeze_new = new_too
             for frozen in self._frozen:
                 frozen.set()
+
+    def thaw(self) -> None:
+        """Connections made from now on work again (the frozen ones stay so)."""
+        with self._lock:
+            self._freeze_new = False
 
     def close(self) -> None:
         self.listener.close()
@@ -54,6 +63,8 @@ class MariaDBProxy:
             server = socket.create_connection((MYSQL_HOST, MYSQL_PORT))
             swallow, frozen = threading.Event(), threading.Event()
             with self._lock:
+                if self._freeze_new:
+                    frozen.set()
                 self._frozen.append(frozen)
                 self._sockets += (client, server)
             for target in (self._up, self._down):

@@ -254,3 +254,34 @@ async def test_sigterm_with_the_database_hung_still_exits_in_time(tmp_path, mysq
         cur.execute(f"SELECT client_id FROM `{urlsplit(mysql_url).path[1:]}`.message")
         assert cur.fetchall() == (("m1",),)
     conn.close()
+
+
+async def test_healthz_reports_a_hung_database_down_within_seconds(tmp_path, mysql_url):
+    """MariaDB stops answering, new connections included, with its sockets open: /healthz
+    answers 503 "down" (bounded by its own short timeout) instead of waiting with it, and 200
+    again once it answers."""
+    from .dbproxy import MariaDBProxy
+
+    engine = make_engine(mysql_url)
+    await upgrade(engine)
+    await engine.dispose()
+    proxy = MariaDBProxy()
+    conf = Settings(db=proxy.url(mysql_url), upload_dir=str(tmp_path / "mnt"), node_id="hung")
+    client = TestClient(TestServer(create_app(conf)), cookie_jar=aiohttp.DummyCookieJar())
+    await client.start_server()
+    try:
+        assert (await client.get("/healthz")).status == 200
+        proxy.freeze(new_too=True)
+        health = await asyncio.wait_for(client.get("/healthz"), 30)  # hung before: no answer
+        assert health.status == 503
+        assert (await health.json())["data"]["db"] == "down"
+        proxy.thaw()
+        for _ in range(20):  # the check's hung connection was dropped; a new one answers
+            health = await asyncio.wait_for(client.get("/healthz"), 30)
+            if health.status == 200:
+                break
+            await asyncio.sleep(0.5)
+        assert health.status == 200
+    finally:
+        proxy.close()  # first: what still waits on it ends
+        await client.close()
