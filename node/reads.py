@@ -41,6 +41,8 @@ class Threads:
     those, and one stuck on a database that stopped answering would hold the node's exit.
     """
 
+    autocommit = False  # the connections' statements each commit on their own (reads)
+
     def __init__(self, engine: sa.Engine, threads: int, name: str) -> None:
         self.engine = engine
         self.name = name
@@ -91,7 +93,8 @@ class Threads:
                 _hand_back(loop, future.set_result, future, result)
 
     def _connect(self) -> sa.Connection:
-        return self.engine.connect()
+        conn = self.engine.connect()
+        return conn.execution_options(isolation_level="AUTOCOMMIT") if self.autocommit else conn
 
     def _execute(
         self,
@@ -169,11 +172,10 @@ class Reads(Threads):
     never wait for the message writer, nor it for them.
     """
 
+    autocommit = True
+
     def __init__(self, url: str, threads: int = THREADS) -> None:
         super().__init__(make_sync_engine(url, pool_size=threads, read_only=True), threads, "read")
-
-    def _connect(self) -> sa.Connection:
-        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     async def session_user(self, digest: str) -> int | None:
         """The user of a live session, or None for an unknown, revoked or expired token."""
@@ -190,12 +192,11 @@ class Health(Threads):
     async engine the check waited as long as the server did, for ever if it hung), and the
     check neither waits behind the reads of the hot paths nor holds them up."""
 
+    autocommit = True
+
     def __init__(self, url: str) -> None:
         engine = make_sync_engine(url, pool_size=1, read_only=True, timeout_s=HEALTH_TIMEOUT_S)
         super().__init__(engine, 1, "health")
-
-    def _connect(self) -> sa.Connection:
-        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     async def ping(self) -> None:
         """Returns once the database answered; raises if it did not, or not in time."""
