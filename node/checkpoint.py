@@ -16,8 +16,7 @@ RESTART_PAGES = 8192  # 32 MiB of log with SQLite's 4 KiB pages
 # often it changed since the last one (the same index pages change in every batch) and flushes
 # the log and the database to disk. Every 10 ms, that was about a hundred checkpoints a second
 # under load; every 0.1 s it is a sixth of them, at a third to a half of the CPU per message.
-# With synchronous=NORMAL (db.py) these flushes are what puts committed messages on the disk,
-# so this is also how long an acked message may live only in the kernel's page cache.
+# Commits do not wait for them: each is on the disk when it returns (synchronous=FULL, db.py).
 PAUSE_S = 0.1
 IDLE_S = 1.0  # at the latest, for what other connections committed
 

@@ -217,6 +217,29 @@ async def test_commits_leave_checkpoints_to_the_checkpointer(tmp_path):
         store.close()
 
 
+async def test_every_sqlite_connection_flushes_each_commit_to_the_disk(tmp_path):
+    """An acked message survives a power cut: the writer's, the reads' and the API's
+    connections all commit with synchronous=FULL (2), and checkpoints stay with the thread."""
+    url = f"sqlite:///{tmp_path}/lanchat.db"
+    store = await open_store(url)
+    reads = make_sync_engine(url, read_only=True)
+    api = make_engine(url)
+    try:
+        cursor = store.connection().cursor()
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone() == (2,)
+        cursor.close()
+        with reads.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+        async with api.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == 2
+            assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
+    finally:
+        store.close()
+        reads.dispose()
+        await api.dispose()
+
+
 class Recorder:
     """The writer's node: keeps what the writer emits instead of routing it."""
 
