@@ -492,12 +492,16 @@ async def _group_sender(base, sender, cid, inflight, duration):
     return {"acked": acked, "elapsed": elapsed}
 
 
-WRITES = ("lanchat_commits_total ", "lanchat_messages_stored_total ")
+WRITES = (
+    "lanchat_commits_total ",
+    "lanchat_messages_stored_total ",
+    "lanchat_commit_seconds_total ",
+)
 
 
 def gc_reading(server: Server) -> dict[str, float]:
     """The node's garbage-collection pauses so far (lanchat_gc_pause_seconds in /metrics), and
-    its message commits and messages stored."""
+    its message commits, messages stored and time spent storing them."""
     url = server.base + "/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()  # noqa: S310 - our own server
     reading = {}
@@ -511,10 +515,10 @@ def gc_reading(server: Server) -> dict[str, float]:
 def gc_between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """Collections between two readings: how many, their pauses added up, and a bound on the
     longest (the smallest histogram bucket that holds them all); and how many messages each
-    commit stored, on average."""
+    commit stored and how long it took, on average."""
     delta = {key: after[key] - before.get(key, 0.0) for key in after}
     count = delta["lanchat_gc_pause_seconds_count"]
-    commits, stored = (delta.get(key.strip(), 0.0) for key in WRITES)
+    commits, stored, busy_s = (delta.get(key.strip(), 0.0) for key in WRITES)
     bounds = [
         float(key.split('"')[1])  # lanchat_gc_pause_seconds_bucket{le="0.005"}
         for key, seen in delta.items()
@@ -525,6 +529,7 @@ def gc_between(before: dict[str, float], after: dict[str, float]) -> dict[str, A
         "gc_pause_ms": round(delta["lanchat_gc_pause_seconds_sum"] * 1000, 1),
         "gc_longest_ms_at_most": round(min(bounds) * 1000, 1) if count else 0,
         "per_commit": round(stored / commits, 1) if commits else 0,
+        "commit_ms": round(busy_s / commits * 1000, 2) if commits else 0,
     }
 
 

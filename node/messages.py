@@ -78,6 +78,9 @@ class Writer:
         self.stats = {"stored": 0, "resends": 0, "commits": 0, "db_errors": 0}
         self.on_acked: Callable[[list[float]], None] | None = None  # ack latencies, seconds
         self._committing = 0  # messages in the batch the thread is storing
+        # Seconds the thread has spent storing batches, failed ones too (written by the thread
+        # only): its rate is how busy the writer is, 1.0 meaning it never waits for messages.
+        self.busy_s = 0.0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -139,6 +142,7 @@ class Writer:
                         break
                     batch.append(more)
                 pendings = [p for p, _ in batch]
+                started = time.monotonic()
                 self._committing = len(batch)
                 try:
                     results = self._batches.store([row for _, row in batch])
@@ -152,6 +156,7 @@ class Writer:
                             checkpointer.restart(self._batches.connection)
                 finally:
                     self._committing = 0
+                    self.busy_s += time.monotonic() - started
         finally:
             if checkpointer is not None:
                 checkpointer.close()

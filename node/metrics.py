@@ -135,6 +135,11 @@ class _Counters(Collector):
                 writer.stats["resends"],
             ),
             ("lanchat_commits", "Message write transactions", writer.stats["commits"]),
+            (
+                "lanchat_commit_seconds",
+                "Time the message writer spent storing batches (its rate: how busy it is)",
+                writer.busy_s,
+            ),
             ("lanchat_frames_out", "Frames queued to client connections", hub.stats["frames_out"]),
             (
                 "lanchat_queue_overflows",

@@ -52,8 +52,8 @@ def test_targets_the_run_did_not_measure_are_left_out():
 
 
 def test_between_two_readings_of_a_node():
-    """Collections, their pauses and the bound on the longest, and messages per commit, from
-    two /metrics readings."""
+    """Collections, their pauses and the bound on the longest, and messages and time per
+    commit, from two /metrics readings."""
     le = 'lanchat_gc_pause_seconds_bucket{le="%s"}'
     before = {
         le % "0.002": 3.0,
@@ -63,6 +63,7 @@ def test_between_two_readings_of_a_node():
         "lanchat_gc_pause_seconds_sum": 0.006,
         "lanchat_commits_total": 10.0,
         "lanchat_messages_stored_total": 100.0,
+        "lanchat_commit_seconds_total": 0.01,
     }
     after = {
         le % "0.002": 5.0,  # two more under 2 ms
@@ -72,12 +73,14 @@ def test_between_two_readings_of_a_node():
         "lanchat_gc_pause_seconds_sum": 0.0125,
         "lanchat_commits_total": 30.0,
         "lanchat_messages_stored_total": 450.0,
+        "lanchat_commit_seconds_total": 0.03,
     }
     assert run.gc_between(before, after) == {
         "gc_collections": 3,
         "gc_pause_ms": 6.5,
         "gc_longest_ms_at_most": 5.0,
         "per_commit": 17.5,
+        "commit_ms": 1.0,  # 20 ms over 20 commits
     }
     assert run.gc_between(after, after)["per_commit"] == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
 import aiohttp
 import orjson
@@ -600,6 +601,7 @@ async def test_server_pings_and_a_pong_keeps_the_connection(make_server, monkeyp
 
 
 async def test_metrics_count_what_happened(make_server):
+    started = time.monotonic()
     api = await make_server(send_rate_per_s=1.0, send_burst=1)
     a, b = await pair(api)
     wa, wb = await api.ws(a), await api.ws(b)
@@ -628,6 +630,9 @@ async def test_metrics_count_what_happened(make_server):
     ):
         assert line in lines, (line, text)
     assert "lanchat_db_errors_total 0.0" in lines
+    # the writer's busy time: the one commit took some, and less than the test has run
+    (busy,) = [x for x in lines if x.startswith("lanchat_commit_seconds_total ")]
+    assert 0 < float(busy.split()[1]) < time.monotonic() - started
     # the write-ahead log's checkpoints are SQLite's alone
     sqlite = api.settings.db.startswith("sqlite:")
     assert ("# TYPE lanchat_sqlite_wal_pages gauge" in lines) is sqlite
