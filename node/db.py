@@ -187,8 +187,8 @@ def _sqlite_pragmas(engine: sa.Engine, *more: str) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         # Each commit is flushed to the disk before it returns: a message is acked after its
         # commit, and an acked message must survive a power cut. (NORMAL would leave commits
-        # in the kernel's cache until the next checkpoint, for 10-20% more messages a second
-        # in the bench: README, Performance.)
+        # in the kernel's cache until the next checkpoint, for 6-25% more messages a second
+        # in four of five pairs of bench runs: README, Performance.)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA temp_store=MEMORY")  # IN lists and ORs build temporary b-trees
         # No checkpoint inside a commit: a running node checkpoints in a thread of its own
