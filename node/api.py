@@ -14,7 +14,6 @@ from aiohttp import web
 
 from . import security, store
 from .auth import COOKIE, Caller, authenticate, check_acting_user
-from .db import sessions
 from .errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
 from .keys import ENGINE, LOGIN_FAILS_ADDR, LOGIN_FAILS_MOBILE, NODE, PASSWORDS, READS, SETTINGS
 from .packets import state_packet
@@ -199,17 +198,7 @@ async def update(request: web.Request, params: Params, caller: Caller) -> web.Re
 
 async def _end_other_sessions(request: web.Request, caller: Caller) -> None:
     """A new password ends every other session of the user, on every node."""
-    engine = request.app[ENGINE]
-    async with engine.begin() as conn:
-        others = [
-            row[0]
-            for row in await conn.execute(
-                sa.select(sessions.c.token_hash).where(
-                    sessions.c.userid == caller.user, sessions.c.token_hash != caller.token_hash
-                )
-            )
-        ]
-        await conn.execute(sessions.delete().where(sessions.c.token_hash.in_(others)))
+    others = await store.end_other_sessions(request.app[ENGINE], caller.user, caller.token_hash)
     for digest in others:
         request.app[NODE].emit(
             state_packet("session_revoked", userid=caller.user, token_hash=digest)

@@ -70,6 +70,9 @@ async def error_middleware(
     except (OperationalError, DBAPIError, ConnectionError) as exc:
         log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
         return _error_response(Unavailable("the database is unavailable; try again shortly"))
+    except TimeoutError:  # a database call bounded by store.bounded
+        log.warning("database did not answer in time on %s %s", request.method, request.path)
+        return _error_response(Unavailable("the database is unavailable; try again shortly"))
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         error = LanchatError("internal server error", "internal")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from . import db
 from .db import (
     CATE_FRIEND,
     CATE_MEMBER,
@@ -25,6 +29,27 @@ from .errors import BadRequest, Conflict, Forbidden, NotFound
 
 PUBLIC_USER = (users.c.id, users.c.nickname, users.c.avatar, users.c.sex, users.c.memo)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def bounded(call: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A call on the async engine that raises TimeoutError once db.DB_TIMEOUT_S has passed.
+
+    The async MySQL driver has no read timeout of its own: a server that stops answering with
+    its sockets open (a hung host, a pulled cable) held the request, and the pool connection
+    under it, for as long as the socket stayed open. Cancelled mid-statement, SQLAlchemy
+    drops the connection instead of returning it to the pool, so each such request costs the
+    timeout and the caller gets a 503 (app.py) or cmd 21 `unavailable` (ws.py).
+    """
+
+    @functools.wraps(call)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        async with asyncio.timeout(db.DB_TIMEOUT_S):
+            return await call(*args, **kwargs)
+
+    return run
+
 
 def new_id(result: sa.CursorResult[Any]) -> int:
     key = result.inserted_primary_key
@@ -35,6 +60,7 @@ def new_id(result: sa.CursorResult[Any]) -> int:
 # ---- accounts ------------------------------------------------------------------------------
 
 
+@bounded
 async def create_user(engine: AsyncEngine, fields: dict[str, Any]) -> dict[str, Any]:
     row = {**fields, "createat": now_ms()}
     try:
@@ -45,6 +71,7 @@ async def create_user(engine: AsyncEngine, fields: dict[str, Any]) -> dict[str, 
     return {"id": new_id(result), **row}
 
 
+@bounded
 async def user_by_mobile(engine: AsyncEngine, mobile: str) -> dict[str, Any] | None:
     async with engine.connect() as conn:
         row = (await conn.execute(users.select().where(users.c.mobile == mobile))).first()
@@ -57,12 +84,14 @@ def user_by_id(conn: sa.Connection, uid: int) -> dict[str, Any] | None:
     return row._asdict() if row else None
 
 
+@bounded
 async def update_user(engine: AsyncEngine, uid: int, changes: dict[str, Any]) -> None:
     if changes:
         async with engine.begin() as conn:
             await conn.execute(users.update().where(users.c.id == uid).values(**changes))
 
 
+@bounded
 async def create_session(engine: AsyncEngine, uid: int, digest: str, ttl_ms: int) -> int:
     now = now_ms()
     async with engine.begin() as conn:
@@ -78,9 +107,26 @@ async def create_session(engine: AsyncEngine, uid: int, digest: str, ttl_ms: int
     return now + ttl_ms
 
 
+@bounded
 async def delete_session(engine: AsyncEngine, digest: str) -> None:
     async with engine.begin() as conn:
         await conn.execute(sessions.delete().where(sessions.c.token_hash == digest))
+
+
+@bounded
+async def end_other_sessions(engine: AsyncEngine, uid: int, keep: str) -> list[str]:
+    """Deletes the user's sessions but the one whose token hash is `keep`; their hashes."""
+    async with engine.begin() as conn:
+        others = [
+            row[0]
+            for row in await conn.execute(
+                sa.select(sessions.c.token_hash).where(
+                    sessions.c.userid == uid, sessions.c.token_hash != keep
+                )
+            )
+        ]
+        await conn.execute(sessions.delete().where(sessions.c.token_hash.in_(others)))
+    return others
 
 
 def public_users(conn: sa.Connection, ids: list[int]) -> list[dict[str, Any]]:
@@ -128,6 +174,7 @@ async def set_readmark(conn: AsyncConnection, uid: int, conv_id: int, read_seq: 
 # ---- friends -----------------------------------------------------------------------------
 
 
+@bounded
 async def add_friend(engine: AsyncEngine, uid: int, dst: int) -> None:
     if dst == uid:
         raise BadRequest("you cannot add yourself as a friend")
@@ -164,6 +211,7 @@ async def add_friend(engine: AsyncEngine, uid: int, dst: int) -> None:
         raise Conflict("you are already friends") from None
 
 
+@bounded
 async def del_friend(engine: AsyncEngine, uid: int, dst: int) -> None:
     async with engine.begin() as conn:
         result = await conn.execute(
@@ -187,6 +235,7 @@ def friends(conn: sa.Connection, uid: int) -> list[dict[str, Any]]:
     return public_users(conn, [int(r[0]) for r in conn.execute(query)])
 
 
+@bounded
 async def are_friends(engine: AsyncEngine, a: int, b: int) -> bool:
     async with engine.connect() as conn:
         return await _has_contact(conn, a, b, CATE_FRIEND)
@@ -214,6 +263,7 @@ _member_count = (
 )
 
 
+@bounded
 async def create_community(
     engine: AsyncEngine, uid: int, fields: dict[str, Any], limit: int
 ) -> dict[str, Any]:
@@ -254,6 +304,7 @@ def load_communities(conn: sa.Connection, uid: int) -> list[dict[str, Any]]:
     return [r._asdict() for r in conn.execute(query)]
 
 
+@bounded
 async def join_community(engine: AsyncEngine, uid: int, cid: int) -> None:
     try:
         async with engine.begin() as conn:
@@ -274,6 +325,7 @@ async def join_community(engine: AsyncEngine, uid: int, cid: int) -> None:
         raise Conflict("you are already a member") from None
 
 
+@bounded
 async def leave_community(engine: AsyncEngine, uid: int, cid: int) -> bool:
     """Leave; ownership passes to the earliest member; the last one out deletes it (True)."""
     async with engine.begin() as conn:
@@ -319,6 +371,7 @@ async def _delete_community(conn: AsyncConnection, cid: int) -> None:
     await conn.execute(communities.delete().where(communities.c.id == cid))
 
 
+@bounded
 async def is_member(engine: AsyncEngine, uid: int, cid: int) -> bool:
     async with engine.connect() as conn:
         return await _has_contact(conn, uid, cid, CATE_MEMBER)

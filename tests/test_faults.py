@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -21,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from node.app import create_app
 from node.db import make_engine, upgrade
+from node.keys import SETTINGS
 from node.settings import Settings
 
 from .conftest import CI, MYSQL_HOST, MYSQL_PORT
@@ -256,10 +258,9 @@ async def test_sigterm_with_the_database_hung_still_exits_in_time(tmp_path, mysq
     conn.close()
 
 
-async def test_healthz_reports_a_hung_database_down_within_seconds(tmp_path, mysql_url):
-    """MariaDB stops answering, new connections included, with its sockets open: /healthz
-    answers 503 "down" (bounded by its own short timeout) instead of waiting with it, and 200
-    again once it answers."""
+async def node_behind_a_proxy(tmp_path: Any, mysql_url: str) -> tuple[Any, TestClient]:
+    """A node on a fresh MariaDB database reached through a MariaDBProxy (migrated first,
+    directly), started on a real socket: the proxy, to fail the database, and its client."""
     from .dbproxy import MariaDBProxy
 
     engine = make_engine(mysql_url)
@@ -269,6 +270,14 @@ async def test_healthz_reports_a_hung_database_down_within_seconds(tmp_path, mys
     conf = Settings(db=proxy.url(mysql_url), upload_dir=str(tmp_path / "mnt"), node_id="hung")
     client = TestClient(TestServer(create_app(conf)), cookie_jar=aiohttp.DummyCookieJar())
     await client.start_server()
+    return proxy, client
+
+
+async def test_healthz_reports_a_hung_database_down_within_seconds(tmp_path, mysql_url):
+    """MariaDB stops answering, new connections included, with its sockets open: /healthz
+    answers 503 "down" (bounded by its own short timeout) instead of waiting with it, and 200
+    again once it answers."""
+    proxy, client = await node_behind_a_proxy(tmp_path, mysql_url)
     try:
         assert (await client.get("/healthz")).status == 200
         proxy.freeze(new_too=True)
@@ -282,6 +291,56 @@ async def test_healthz_reports_a_hung_database_down_within_seconds(tmp_path, mys
                 break
             await asyncio.sleep(0.5)
         assert health.status == 200
+    finally:
+        proxy.close()  # first: what still waits on it ends
+        await client.close()
+
+
+async def test_api_writes_with_the_database_hung_answer_503_and_recover(
+    tmp_path, mysql_url, monkeypatch
+):
+    """MariaDB stops answering, new connections included, with its sockets open: registration
+    and login (the async engine, whose driver has no read timeout) and a contact write answer
+    503 once the database timeout has passed instead of waiting with it. Once the server
+    answers, every request works again, more of them than the engine's pool holds
+    connections: the hung ones were dropped, not kept."""
+    from node import db
+
+    from .conftest import Api
+
+    monkeypatch.setattr(db, "DB_TIMEOUT_S", 1.0)  # read when the node starts and per call
+    proxy, client = await node_behind_a_proxy(tmp_path, mysql_url)
+    api = Api(client, client.server.app[SETTINGS])
+    try:
+        a, b = await api.register(), await api.register()
+        proxy.freeze(new_too=True)
+        for path, token, fields in (
+            ("/user/register", None, {"mobile": "13800000001", "passwd": "secret-pass"}),
+            ("/user/login", None, {"mobile": a["mobile"], "passwd": "secret-pass"}),
+            ("/contact/addfriend", a["token"], {"dstid": b["id"]}),
+        ):
+            body = await asyncio.wait_for(api.call(path, token, status=503, **fields), 30)
+            assert body["error"] == "unavailable", body
+        proxy.thaw()
+        users = []
+        for _ in range(40):  # pooled connections frozen while idle fail once more, then go
+            resp = await asyncio.wait_for(
+                client.post(
+                    "/user/register",
+                    data={"mobile": f"1370000{len(users):04d}", "passwd": "secret-pass"},
+                ),
+                30,
+            )
+            if resp.status == 200:
+                users.append((await resp.json())["data"])
+                if len(users) == 20:
+                    break
+            else:
+                assert resp.status == 503, resp.status
+        assert len(users) == 20
+        await api.call("/contact/addfriend", a["token"], dstid=b["id"])
+        login = await api.call("/user/login", mobile=a["mobile"], passwd="secret-pass")
+        assert login["data"]["id"] == a["id"]
     finally:
         proxy.close()  # first: what still waits on it ends
         await client.close()
