@@ -382,6 +382,7 @@ def one_to_one(
     # Messages delivered per CPU-second the servers spent: what a node achieves per core when
     # it has one to itself, which this machine cannot give three nodes at once.
     summary["per_cpu_s"] = round(summary["delivered"] / used) if used else 0
+    summary["elapsed_s"] = round(elapsed, 2)
     return summary
 
 
@@ -512,10 +513,13 @@ def gc_reading(server: Server) -> dict[str, float]:
     return reading
 
 
-def gc_between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+def gc_between(
+    before: dict[str, float], after: dict[str, float], elapsed_s: float | None = None
+) -> dict[str, Any]:
     """Collections between two readings: how many, their pauses added up, and a bound on the
-    longest (the smallest histogram bucket that holds them all); and how many messages each
-    commit stored and how long it took, on average."""
+    longest (the smallest histogram bucket that holds them all); how many messages each
+    commit stored and how long it took, on average; and, given the run's length, the share
+    of it the message writer was busy (near 1.0: the writer sets the pace)."""
     delta = {key: after[key] - before.get(key, 0.0) for key in after}
     count = delta["lanchat_gc_pause_seconds_count"]
     commits, stored, busy_s = (delta.get(key.strip(), 0.0) for key in WRITES)
@@ -530,6 +534,7 @@ def gc_between(before: dict[str, float], after: dict[str, float]) -> dict[str, A
         "gc_longest_ms_at_most": round(min(bounds) * 1000, 1) if count else 0,
         "per_commit": round(stored / commits, 1) if commits else 0,
         "commit_ms": round(busy_s / commits * 1000, 2) if commits else 0,
+        **({"writer_busy": round(busy_s / elapsed_s, 2)} if elapsed_s else {}),
     }
 
 
@@ -544,7 +549,7 @@ def chat_beside_idle(
     users connected, few of them talking, gives those who are."""
     before = gc_reading(server)
     figures = one_to_one(name, [server], users, 1, duration)
-    report(name, {**figures, **gc_between(before, gc_reading(server))})
+    report(name, {**figures, **gc_between(before, gc_reading(server), figures["elapsed_s"])})
 
 
 def idle(
@@ -777,7 +782,8 @@ def main() -> None:
                 name = f"lanchat/{label} 1:1 x{args.pairs} inflight={inflight}"
                 before = gc_reading(server)
                 figures = one_to_one(name, [server], users, inflight, args.duration)
-                report(name, {**figures, **gc_between(before, gc_reading(server))})
+                after = gc_reading(server)
+                report(name, {**figures, **gc_between(before, after, figures["elapsed_s"])})
             if label in only:  # the pairs have conversations now, with history
                 report(f"lanchat/{label} resync", resync(server, users, args.duration))
             if label == "sqlite" and {"community", "idle"} & only:

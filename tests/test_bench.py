@@ -83,6 +83,8 @@ def test_between_two_readings_of_a_node():
         "commit_ms": 1.0,  # 20 ms over 20 commits
     }
     assert run.gc_between(after, after)["per_commit"] == 0
+    # given the run's length: the writer's busy share (20 ms in 40 ms)
+    assert run.gc_between(before, after, elapsed_s=0.04)["writer_busy"] == 0.5
 
 
 def closed_port() -> int:
