@@ -703,6 +703,33 @@ def targets(
     return out
 
 
+def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs in one: each numeric figure of a scenario (or ratio) that every run
+    measured, as [lowest, highest]; each target, with its figure in every run and in how many
+    runs it was met."""
+
+    def ranges(tables: list[dict[str, Any]]) -> dict[str, list[float]]:
+        out = {}
+        for key, value in tables[0].items():
+            values = [t.get(key) for t in tables]
+            if isinstance(value, int | float) and all(isinstance(v, int | float) for v in values):
+                out[key] = [min(values), max(values)]
+        return out
+
+    common = [name for name in runs[0]["scenarios"] if all(name in r["scenarios"] for r in runs)]
+    judged: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for t in run["targets"]:
+            seen = judged.setdefault(t["target"], {"figures": [], "met": 0})
+            seen["figures"].append(t["figure"])
+            seen["met"] += t["met"]
+    return {
+        "scenarios": {n: ranges([r["scenarios"][n] for r in runs]) for n in common},
+        "ratios": ranges([r["ratios"] for r in runs]),
+        "targets": judged,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=5.0)
@@ -723,7 +750,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", metavar="DIR", help="sample every server with py-spy into DIR (raw stacks)"
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="run everything this many times and give each figure's lowest and highest",
+    )
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     only = set(args.only.split(","))
     if only - set(GROUPS):
         parser.error(f"unknown scenario groups: {','.join(sorted(only - set(GROUPS)))}")
@@ -735,12 +770,43 @@ def main() -> None:
     for group, reason in sorted(left_out.items()):
         print(f"left out: {group}: {reason}", flush=True)
     only -= set(left_out)
-    results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count()},
-        "left_out": left_out,
-        "scenarios": {},
-    }
-    scen = results["scenarios"]
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "left_out": left_out}
+    runs = []
+    for number in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"run {number} of {args.runs}", flush=True)
+        scen = run_scenarios(args, only)
+        rat = ratios(scen, args.pairs)
+        print("ratios: " + "  ".join(f"{k}={v}" for k, v in rat.items()))
+        judged = targets(scen, rat, args.pairs)
+        for t in judged:
+            print(f"target {'met    ' if t['met'] else 'NOT met'} {t['target']:62s} {t['figure']}")
+        runs.append({"scenarios": scen, "ratios": rat, "targets": judged})
+    if args.runs == 1:
+        results |= runs[0]
+    else:
+        results["runs"] = runs
+        results["spread"] = spread(runs)
+        print(f"lowest and highest of {args.runs} runs:")
+        for name, figures in results["spread"]["scenarios"].items():
+            print(f"{name:38s} " + "  ".join(f"{k}={lo}..{hi}" for k, (lo, hi) in figures.items()))
+        print(
+            "ratios: "
+            + "  ".join(f"{k}={lo}..{hi}" for k, (lo, hi) in results["spread"]["ratios"].items())
+        )
+        for target, seen in results["spread"]["targets"].items():
+            print(
+                f"target met in {seen['met']} of {args.runs} runs: {target:44s} {seen['figures']}"
+            )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"figures written to {args.out}")
+
+
+def run_scenarios(args: argparse.Namespace, only: set[str]) -> dict[str, dict[str, Any]]:
+    """One run of the chosen scenario groups, each on servers started for it: the figures
+    of each scenario by name, printed as they come."""
+    scen: dict[str, dict[str, Any]] = {}
     work = tempfile.mkdtemp(prefix="lanchat-bench-")
 
     def report(name: str, figures: dict[str, Any]) -> None:
@@ -847,15 +913,7 @@ def main() -> None:
             for n in nodes:
                 n.stop()
             drop_mysql(dbname)
-
-    results["ratios"] = ratios(scen, args.pairs)
-    print("ratios: " + "  ".join(f"{k}={v}" for k, v in results["ratios"].items()))
-    results["targets"] = targets(scen, results["ratios"], args.pairs)
-    for t in results["targets"]:
-        print(f"target {'met    ' if t['met'] else 'NOT met'} {t['target']:62s} {t['figure']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"figures written to {args.out}")
+    return scen
 
 
 if __name__ == "__main__":

@@ -125,3 +125,27 @@ def test_connects_and_reconnects_as_ratios_of_the_relay():
         "relay idle connections": {"connects_per_s": 2_000, "reconnects_per_s": 1_200},
     }
     assert run.ratios(scen, 50) == {"connects_vs_relay": 0.75, "reconnects_vs_relay": 0.75}
+
+
+def test_several_runs_give_each_figure_its_lowest_and_highest():
+    """--runs N: every numeric figure that all runs measured as [lowest, highest], the ratios
+    too, and each target with its figure in every run and how many runs met it."""
+    one = "lanchat/sqlite 1:1 x50 inflight=1"
+    first = {
+        "scenarios": {
+            one: {"per_s": 9000, "p99_ms": 9.5, "lost": 0},
+            "relay idle connections": {"connects_per_s": 2000},  # the second run lacks it
+        },
+        "ratios": {"sqlite_1_vs_relay": 0.3},
+        "targets": [{"target": "p99 < 10 ms", "figure": 9.5, "met": True, "from": one}],
+    }
+    second = {
+        "scenarios": {one: {"per_s": 11000, "p99_ms": 10.5, "lost": 0}},
+        "ratios": {"sqlite_1_vs_relay": 0.4},
+        "targets": [{"target": "p99 < 10 ms", "figure": 10.5, "met": False, "from": one}],
+    }
+    assert run.spread([first, second]) == {
+        "scenarios": {one: {"per_s": [9000, 11000], "p99_ms": [9.5, 10.5], "lost": [0, 0]}},
+        "ratios": {"sqlite_1_vs_relay": [0.3, 0.4]},
+        "targets": {"p99 < 10 ms": {"figures": [9.5, 10.5], "met": 1}},
+    }
