@@ -493,24 +493,33 @@ async def _group_sender(base, sender, cid, inflight, duration):
     return {"acked": acked, "elapsed": elapsed}
 
 
-WRITES = (
-    "lanchat_commits_total ",
-    "lanchat_messages_stored_total ",
-    "lanchat_commit_seconds_total ",
-)
+WRITES = ("lanchat_commits_total ", "lanchat_messages_stored_total ")
+HISTOGRAMS = ("lanchat_gc_pause_seconds_", "lanchat_commit_seconds_")
 
 
 def gc_reading(server: Server) -> dict[str, float]:
-    """The node's garbage-collection pauses so far (lanchat_gc_pause_seconds in /metrics), and
-    its message commits, messages stored and time spent storing them."""
+    """The node's garbage-collection pauses so far (lanchat_gc_pause_seconds in /metrics), its
+    message commits and messages stored, and the time its writer spent on each batch."""
     url = server.base + "/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()  # noqa: S310 - our own server
     reading = {}
     for line in text.splitlines():
-        if line.startswith(("lanchat_gc_pause_seconds_", *WRITES)):
+        if line.startswith((*HISTOGRAMS, *WRITES)):
             key, value = line.rsplit(" ", 1)
             reading[key] = float(value)
     return reading
+
+
+def _longest_at_most(delta: dict[str, float], histogram: str) -> float:
+    """The smallest bucket bound of a histogram's growth that holds every new value (0 for
+    none): a bound on the longest of them."""
+    count = delta.get(f"{histogram}_count", 0.0)
+    bounds = [
+        float(key.split('"')[1])  # lanchat_gc_pause_seconds_bucket{le="0.005"}
+        for key, seen in delta.items()
+        if key.startswith(f"{histogram}_bucket") and seen == count
+    ]
+    return min(bounds) if count else 0.0
 
 
 def gc_between(
@@ -518,22 +527,24 @@ def gc_between(
 ) -> dict[str, Any]:
     """Collections between two readings: how many, their pauses added up, and a bound on the
     longest (the smallest histogram bucket that holds them all); how many messages each
-    commit stored and how long it took, on average; and, given the run's length, the share
-    of it the message writer was busy (near 1.0: the writer sets the pace)."""
+    commit stored, how long a batch took on average and at most; and, given the run's
+    length, the share of it the message writer was busy (near 1.0: the writer sets the pace)."""
     delta = {key: after[key] - before.get(key, 0.0) for key in after}
     count = delta["lanchat_gc_pause_seconds_count"]
-    commits, stored, busy_s = (delta.get(key.strip(), 0.0) for key in WRITES)
-    bounds = [
-        float(key.split('"')[1])  # lanchat_gc_pause_seconds_bucket{le="0.005"}
-        for key, seen in delta.items()
-        if key.startswith("lanchat_gc_pause_seconds_bucket") and seen == count
-    ]
+    commits, stored = (delta.get(key.strip(), 0.0) for key in WRITES)
+    batches = delta.get("lanchat_commit_seconds_count", 0.0)
+    busy_s = delta.get("lanchat_commit_seconds_sum", 0.0)
     return {
         "gc_collections": int(count),
         "gc_pause_ms": round(delta["lanchat_gc_pause_seconds_sum"] * 1000, 1),
-        "gc_longest_ms_at_most": round(min(bounds) * 1000, 1) if count else 0,
+        "gc_longest_ms_at_most": round(
+            _longest_at_most(delta, "lanchat_gc_pause_seconds") * 1000, 1
+        ),
         "per_commit": round(stored / commits, 1) if commits else 0,
-        "commit_ms": round(busy_s / commits * 1000, 2) if commits else 0,
+        "commit_ms": round(busy_s / batches * 1000, 2) if batches else 0,
+        "commit_longest_ms_at_most": round(
+            _longest_at_most(delta, "lanchat_commit_seconds") * 1000, 1
+        ),
         **({"writer_busy": round(busy_s / elapsed_s, 2)} if elapsed_s else {}),
     }
 

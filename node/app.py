@@ -191,6 +191,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HEALTH] = health = Health(app[SETTINGS].db)
     writer = Writer(make_sync_engine(app[SETTINGS].db), app[NODE])
     writer.on_acked = app[METRICS].observe_acks
+    writer.on_batch = app[METRICS].commit_times.observe
     app[WRITER] = writer
     writer.start()
     yield

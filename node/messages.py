@@ -78,9 +78,8 @@ class Writer:
         self.stats = {"stored": 0, "resends": 0, "commits": 0, "db_errors": 0}
         self.on_acked: Callable[[list[float]], None] | None = None  # ack latencies, seconds
         self._committing = 0  # messages in the batch the thread is storing
-        # Seconds the thread has spent storing batches, failed ones too (written by the thread
-        # only): its rate is how busy the writer is, 1.0 meaning it never waits for messages.
-        self.busy_s = 0.0
+        # Called in the writer's thread with the seconds each batch took, stored or failed.
+        self.on_batch: Callable[[float], None] | None = None
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -156,7 +155,8 @@ class Writer:
                             checkpointer.restart(self._batches.connection)
                 finally:
                     self._committing = 0
-                    self.busy_s += time.monotonic() - started
+                    if self.on_batch is not None:
+                        self.on_batch(time.monotonic() - started)
         finally:
             if checkpointer is not None:
                 checkpointer.close()

@@ -24,12 +24,14 @@ from .keys import BUS, HUB, NODE, WRITER
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 ACK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+COMMIT_BUCKETS = (*ACK_BUCKETS, 10.0, 30.0)  # up to the database timeout (db.DB_TIMEOUT_S)
 
 
 class Buckets:
     """A histogram in plain numbers, without prometheus_client's lock: counting a value is a
-    bisect and an addition. Each one is fed from one thread only (the event loop's, or the
-    garbage collector's callback, which may run inside another metric's locked section)."""
+    bisect and an addition. Each one is fed from one thread only (the event loop's, the
+    message writer's, or the garbage collector's callback, which may run inside another
+    metric's locked section)."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -84,6 +86,21 @@ class GcPauses(Collector):
         yield thresholds
 
 
+class CommitTimes(Collector):
+    """How long the message writer spent on each batch, stored or failed, fed from the
+    writer's thread alone. Its sum's rate is the share of the time the writer was busy: near
+    1.0, the writer sets the node's pace; its buckets show the database's slow moments."""
+
+    def __init__(self) -> None:
+        self.times = Buckets(COMMIT_BUCKETS)
+        self.observe = self.times.add
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.times.family(
+            "lanchat_commit_seconds", "Time the message writer spent on each batch of messages"
+        )
+
+
 class AckLatency(Collector):
     """From a message's frame arriving to its ack being queued, for every message: counted on
     the event loop, a few per commit, so in plain Buckets rather than through a lock each."""
@@ -135,11 +152,6 @@ class _Counters(Collector):
                 writer.stats["resends"],
             ),
             ("lanchat_commits", "Message write transactions", writer.stats["commits"]),
-            (
-                "lanchat_commit_seconds",
-                "Time the message writer spent storing batches (its rate: how busy it is)",
-                writer.busy_s,
-            ),
             ("lanchat_frames_out", "Frames queued to client connections", hub.stats["frames_out"]),
             (
                 "lanchat_queue_overflows",
@@ -183,6 +195,8 @@ class Metrics:
         self.registry.register(self.ack_latency)
         self.gc_pauses = GcPauses()
         self.registry.register(self.gc_pauses)
+        self.commit_times = CommitTimes()
+        self.registry.register(self.commit_times)
         GCCollector(registry=self.registry)  # python_gc_*: collections and objects by generation
         # process_*: CPU, memory, and open files against their limit (each connection is one)
         ProcessCollector(registry=self.registry)

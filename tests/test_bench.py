@@ -63,7 +63,11 @@ def test_between_two_readings_of_a_node():
         "lanchat_gc_pause_seconds_sum": 0.006,
         "lanchat_commits_total": 10.0,
         "lanchat_messages_stored_total": 100.0,
-        "lanchat_commit_seconds_total": 0.01,
+        "lanchat_commit_seconds_count": 10.0,
+        "lanchat_commit_seconds_sum": 0.01,
+        'lanchat_commit_seconds_bucket{le="0.001"}': 10.0,
+        'lanchat_commit_seconds_bucket{le="0.002"}': 10.0,
+        'lanchat_commit_seconds_bucket{le="+Inf"}': 10.0,
     }
     after = {
         le % "0.002": 5.0,  # two more under 2 ms
@@ -73,7 +77,11 @@ def test_between_two_readings_of_a_node():
         "lanchat_gc_pause_seconds_sum": 0.0125,
         "lanchat_commits_total": 30.0,
         "lanchat_messages_stored_total": 450.0,
-        "lanchat_commit_seconds_total": 0.03,
+        "lanchat_commit_seconds_count": 30.0,
+        "lanchat_commit_seconds_sum": 0.03,
+        'lanchat_commit_seconds_bucket{le="0.001"}': 29.0,  # one of the 20 took over 1 ms
+        'lanchat_commit_seconds_bucket{le="0.002"}': 30.0,
+        'lanchat_commit_seconds_bucket{le="+Inf"}': 30.0,
     }
     assert run.gc_between(before, after) == {
         "gc_collections": 3,
@@ -81,6 +89,7 @@ def test_between_two_readings_of_a_node():
         "gc_longest_ms_at_most": 5.0,
         "per_commit": 17.5,
         "commit_ms": 1.0,  # 20 ms over 20 commits
+        "commit_longest_ms_at_most": 2.0,
     }
     assert run.gc_between(after, after)["per_commit"] == 0
     # given the run's length: the writer's busy share (20 ms in 40 ms)

@@ -630,8 +630,9 @@ async def test_metrics_count_what_happened(make_server):
     ):
         assert line in lines, (line, text)
     assert "lanchat_db_errors_total 0.0" in lines
-    # the writer's busy time: the one commit took some, and less than the test has run
-    (busy,) = [x for x in lines if x.startswith("lanchat_commit_seconds_total ")]
+    # the writer's time on its one batch: some, and less than the test has run
+    assert "lanchat_commit_seconds_count 1.0" in lines
+    (busy,) = [x for x in lines if x.startswith("lanchat_commit_seconds_sum ")]
     assert 0 < float(busy.split()[1]) < time.monotonic() - started
     # the write-ahead log's checkpoints are SQLite's alone
     sqlite = api.settings.db.startswith("sqlite:")
