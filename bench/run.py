@@ -497,7 +497,7 @@ WRITES = ("lanchat_commits_total ", "lanchat_messages_stored_total ")
 HISTOGRAMS = ("lanchat_gc_pause_seconds_", "lanchat_commit_seconds_")
 
 
-def gc_reading(server: Server) -> dict[str, float]:
+def node_reading(server: Server) -> dict[str, float]:
     """The node's garbage-collection pauses so far (lanchat_gc_pause_seconds in /metrics), its
     message commits and messages stored, and the time its writer spent on each batch."""
     url = server.base + "/metrics"
@@ -522,7 +522,7 @@ def _longest_at_most(delta: dict[str, float], histogram: str) -> float:
     return min(bounds) if count else 0.0
 
 
-def gc_between(
+def node_between(
     before: dict[str, float], after: dict[str, float], elapsed_s: float | None = None
 ) -> dict[str, Any]:
     """Collections between two readings: how many, their pauses added up, and a bound on the
@@ -558,9 +558,9 @@ def chat_beside_idle(
 ) -> None:
     """The pairs at 1 in flight while the idle connections are open: what a node with many
     users connected, few of them talking, gives those who are."""
-    before = gc_reading(server)
+    before = node_reading(server)
     figures = one_to_one(name, [server], users, 1, duration)
-    report(name, {**figures, **gc_between(before, gc_reading(server), figures["elapsed_s"])})
+    report(name, {**figures, **node_between(before, node_reading(server), figures["elapsed_s"])})
 
 
 def idle(
@@ -602,13 +602,13 @@ def idle(
     after = rss_kib(server.proc.pid)
     if meanwhile is not None:
         meanwhile()
-    gc_before = gc_reading(server) if metrics else {}
+    gc_before = node_reading(server) if metrics else {}
     start = time.perf_counter()
     again.set()
     for r in reopened:
         r.wait(600)
     again_elapsed = time.perf_counter() - start
-    gc_after = gc_reading(server) if metrics else {}
+    gc_after = node_reading(server) if metrics else {}
     stop.set()
     results = [out.get(timeout=600) for _ in procs]
     for p in procs:
@@ -622,7 +622,7 @@ def idle(
         "reconnects_per_s": round(sum(r["reopened"] for r in results) / again_elapsed),
     }
     if metrics:
-        storm = gc_between(gc_before, gc_after)
+        storm = node_between(gc_before, gc_after)
         figures |= {
             "reconnect_gc_collections": storm["gc_collections"],
             "reconnect_gc_pause_ms": storm["gc_pause_ms"],
@@ -857,10 +857,10 @@ def run_scenarios(args: argparse.Namespace, only: set[str]) -> dict[str, dict[st
             )
             for inflight in (1, 10) if label in only else ():
                 name = f"lanchat/{label} 1:1 x{args.pairs} inflight={inflight}"
-                before = gc_reading(server)
+                before = node_reading(server)
                 figures = one_to_one(name, [server], users, inflight, args.duration)
-                after = gc_reading(server)
-                report(name, {**figures, **gc_between(before, after, figures["elapsed_s"])})
+                after = node_reading(server)
+                report(name, {**figures, **node_between(before, after, figures["elapsed_s"])})
             if label in only:  # the pairs have conversations now, with history
                 report(f"lanchat/{label} resync", resync(server, users, args.duration))
             if label == "sqlite" and {"community", "idle"} & only:

@@ -83,7 +83,7 @@ def test_between_two_readings_of_a_node():
         'lanchat_commit_seconds_bucket{le="0.002"}': 30.0,
         'lanchat_commit_seconds_bucket{le="+Inf"}': 30.0,
     }
-    assert run.gc_between(before, after) == {
+    assert run.node_between(before, after) == {
         "gc_collections": 3,
         "gc_pause_ms": 6.5,
         "gc_longest_ms_at_most": 5.0,
@@ -91,9 +91,9 @@ def test_between_two_readings_of_a_node():
         "commit_ms": 1.0,  # 20 ms over 20 commits
         "commit_longest_ms_at_most": 2.0,
     }
-    assert run.gc_between(after, after)["per_commit"] == 0
+    assert run.node_between(after, after)["per_commit"] == 0
     # given the run's length: the writer's busy share (20 ms in 40 ms)
-    assert run.gc_between(before, after, elapsed_s=0.04)["writer_busy"] == 0.5
+    assert run.node_between(before, after, elapsed_s=0.04)["writer_busy"] == 0.5
 
 
 def closed_port() -> int:
