@@ -69,6 +69,12 @@ def loop_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_queued_s(pid: int) -> float:
+    """Seconds the process's main thread (the event loop) has waited in the kernel's run
+    queue for a core, ready to run; 0 where the kernel keeps no schedstat."""
+    return thread_times(pid).get("loop waiting for a core", 0.0)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -369,14 +375,18 @@ def one_to_one(
     ]
     before = sum(cpu_s(s.proc.pid) for s in servers)
     loop_before = sum(loop_cpu_s(s.proc.pid) for s in servers)
+    queued_before = sum(loop_queued_s(s.proc.pid) for s in servers)
     with profiled(servers, name):
         results = in_workers("pairs", pairs_jobs(pairs, inflight, duration))
     used = sum(cpu_s(s.proc.pid) for s in servers) - before
     loop_used = sum(loop_cpu_s(s.proc.pid) for s in servers) - loop_before
+    queued = sum(loop_queued_s(s.proc.pid) for s in servers) - queued_before
     summary = summarise(results)
     elapsed = max(r["elapsed"] for r in results)
     summary["server_cpu"] = round(used / elapsed, 2)
     summary["loop_cpu"] = round(loop_used / elapsed, 2)  # of server_cpu, the event loop's
+    # How long the event loops were ready to run but waited in the kernel's run queue.
+    summary["loop_waited_core"] = round(queued / elapsed, 2)
     # The load generator's processes, on the same cores: what is left for the servers.
     summary["client_cpu"] = round(sum(r["cpu_s"] for r in results) / elapsed, 2)
     # Messages delivered per CPU-second the servers spent: what a node achieves per core when
@@ -499,7 +509,8 @@ HISTOGRAMS = ("lanchat_gc_pause_seconds_", "lanchat_commit_seconds_")
 
 def node_reading(server: Server) -> dict[str, float]:
     """The node's garbage-collection pauses so far (lanchat_gc_pause_seconds in /metrics), its
-    message commits and messages stored, and the time its writer spent on each batch."""
+    message commits and messages stored, the time its writer spent on each batch, and how
+    long its writer has run on a core and waited for one."""
     url = server.base + "/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()  # noqa: S310 - our own server
     reading = {}
@@ -507,7 +518,26 @@ def node_reading(server: Server) -> dict[str, float]:
         if line.startswith((*HISTOGRAMS, *WRITES)):
             key, value = line.rsplit(" ", 1)
             reading[key] = float(value)
+    reading.update(thread_times(server.proc.pid))
     return reading
+
+
+def thread_times(pid: int) -> dict[str, float]:
+    """Seconds the process's event loop (its main thread) and its message writer have spent
+    on a core and waiting in the kernel's run queue for one (Linux's per-thread schedstat;
+    the node names its threads for the OS). Nothing where the kernel does not keep them."""
+    times: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = "loop" if task.name == str(pid) else (task / "comm").read_text().strip()
+            if name not in ("loop", "message-writer"):
+                continue
+            on_core_ns, waiting_ns = (task / "schedstat").read_text().split()[:2]
+        except (OSError, ValueError):  # the thread ended, or no schedstat in this kernel
+            continue
+        times[f"{name} on core"] = int(on_core_ns) / 1e9
+        times[f"{name} waiting for a core"] = int(waiting_ns) / 1e9
+    return times
 
 
 def _longest_at_most(delta: dict[str, float], histogram: str) -> float:
@@ -528,7 +558,8 @@ def node_between(
     """Collections between two readings: how many, their pauses added up, and a bound on the
     longest (the smallest histogram bucket that holds them all); how many messages each
     commit stored, how long a batch took on average and at most; and, given the run's
-    length, the share of it the message writer was busy (near 1.0: the writer sets the pace)."""
+    length, the share of it the message writer was busy (near 1.0: the writer sets the pace)
+    and how that time went."""
     delta = {key: after[key] - before.get(key, 0.0) for key in after}
     count = delta["lanchat_gc_pause_seconds_count"]
     commits, stored = (delta.get(key.strip(), 0.0) for key in WRITES)
@@ -546,6 +577,19 @@ def node_between(
             _longest_at_most(delta, "lanchat_commit_seconds") * 1000, 1
         ),
         **({"writer_busy": round(busy_s / elapsed_s, 2)} if elapsed_s else {}),
+        **(_core_shares(delta, elapsed_s) if elapsed_s else {}),
+    }
+
+
+def _core_shares(delta: dict[str, float], elapsed_s: float) -> dict[str, float]:
+    """The shares of the run the writer spent on a core and waiting for one: the time it is
+    busy but neither running nor queued is its disk flushes and the GIL."""
+    shares = {
+        "writer_cpu": "message-writer on core",
+        "writer_waited_core": "message-writer waiting for a core",
+    }
+    return {
+        figure: round(delta[key] / elapsed_s, 2) for figure, key in shares.items() if key in delta
     }
 
 

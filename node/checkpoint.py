@@ -9,6 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .procnames import name_this_thread
+
 log = logging.getLogger(__name__)
 
 RESTART_PAGES = 8192  # 32 MiB of log with SQLite's 4 KiB pages
@@ -52,7 +54,7 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="wal-checkpointer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
         self._thread.start()
 
     def committed(self) -> None:
@@ -80,6 +82,7 @@ class Checkpointer:
             self._thread = None
 
     def _run(self) -> None:
+        name_this_thread()
         raw: Any = None
         while not self._stop.is_set():
             self._committed.wait(IDLE_S)

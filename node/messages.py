@@ -22,6 +22,7 @@ from .dispatch import CMD_SINGLE, Chat, ack_frame, conversation_key, delivered, 
 from .hub import Conn
 from .node import Node
 from .packets import Packet, Route
+from .procnames import name_this_thread
 from .store import conversation_insert, conversation_lookup
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class Writer:
 
     def _work(self, loop: asyncio.AbstractEventLoop, stopped: asyncio.Future[None]) -> None:
         """The writer thread: take what is queued, commit it, hand the outcome to the loop."""
+        name_this_thread()
         inbox, checkpointer = self._inbox, self.checkpointer
         try:
             while (item := inbox.get()) is not None:

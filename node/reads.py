@@ -15,6 +15,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import sqlalchemy as sa
 
 from .db import CATE_FRIEND, CATE_MEMBER, contacts, make_sync_engine, now_ms, sessions
+from .procnames import name_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Threads:
         self.engine.dispose()
 
     def _work(self) -> None:
+        name_this_thread()
         while (job := self._jobs.get()) is not None:
             loop, future, call = job
             try:

@@ -96,6 +96,50 @@ def test_between_two_readings_of_a_node():
     assert run.node_between(before, after, elapsed_s=0.04)["writer_busy"] == 0.5
 
 
+def test_how_the_writer_and_the_loop_shared_the_cores():
+    """Given the run's length, the writer's time on a core and in the run queue, as shares
+    of the run."""
+    before = {
+        "lanchat_gc_pause_seconds_count": 0.0,
+        "lanchat_gc_pause_seconds_sum": 0.0,
+        "message-writer on core": 1.0,
+        "message-writer waiting for a core": 0.5,
+        "loop on core": 3.0,
+        "loop waiting for a core": 2.0,
+    }
+    after = {
+        **before,
+        "message-writer on core": 1.35,
+        "message-writer waiting for a core": 0.8,
+        "loop on core": 3.5,
+        "loop waiting for a core": 2.25,
+    }
+    figures = run.node_between(before, after, elapsed_s=1.0)
+    assert (figures["writer_cpu"], figures["writer_waited_core"]) == (0.35, 0.3)
+    assert "writer_cpu" not in run.node_between(before, after)  # no length, no shares
+
+
+def test_a_node_names_its_threads_and_the_bench_reads_their_times(tmp_path):
+    """The node's threads carry their names where the OS shows them (top -H, /proc), so the
+    bench finds the event loop and the message writer and reads their time on a core."""
+    server = run.lanchat(str(tmp_path), f"sqlite:///{tmp_path}/names.db")
+    try:
+        tasks = Path(f"/proc/{server.proc.pid}/task").iterdir()
+        names = {(task / "comm").read_text().strip() for task in tasks}
+        assert {"message-writer", "checkpointer", "read-0", "write-0", "health-0"} <= names
+        times = run.thread_times(server.proc.pid)
+        assert set(times) == {
+            "loop on core",
+            "loop waiting for a core",
+            "message-writer on core",
+            "message-writer waiting for a core",
+        }
+        assert times["loop on core"] > 0  # it started, migrated the database and served
+        assert run.loop_queued_s(server.proc.pid) >= times["loop waiting for a core"]
+    finally:
+        server.stop()
+
+
 def closed_port() -> int:
     """A local port nothing listens on."""
     with socket.socket() as s:
