@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import api, history, uploads, ws
@@ -151,8 +151,15 @@ def make_bus(settings: Settings) -> Bus:
     return RedisBus(settings)
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the product, not the versions of Python and aiohttp a node runs (aiohttp's
+    default): a scanner on the LAN learns nothing to match against known flaws."""
+    response.headers[hdrs.SERVER] = "lanchat"
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app.on_response_prepare.append(_server_header)
     app[SETTINGS] = settings
     hub = Hub(settings.node_id)
     bus = make_bus(settings)

@@ -24,6 +24,18 @@ async def test_register_returns_own_user_with_token(api):
     assert "passwd" not in user
 
 
+async def test_responses_name_no_software_versions(api):
+    """Every answer, an error or the client's page or a WebSocket upgrade, says only that the
+    server is lanchat, not which Python and aiohttp it runs."""
+    for path in ("/healthz", "/no/such/path", "/"):
+        resp = await api.client.get(path)
+        assert resp.headers["Server"] == "lanchat", path
+    user = (await api.call("/user/register", mobile="13800000009", passwd="secret-pass"))["data"]
+    ws = await api.client.ws_connect(f"/chat?id={user['id']}&token={user['token']}")
+    assert ws._response.headers["Server"] == "lanchat"
+    await ws.close()
+
+
 async def test_register_json_body(api):
     body = await api.call("/user/register", json={"mobile": "13800000002", "passwd": "secret-pass"})
     assert body["data"]["mobile"] == "13800000002"
