@@ -140,24 +140,30 @@ def public_users(conn: sa.Connection, ids: list[int]) -> list[dict[str, Any]]:
 # ---- conversations and read markers (created with friendships and memberships) ----------
 
 
-def conversation_lookup(key: tuple[int, int, int]) -> sa.Select[int, int]:
-    """(id, last_seq) of the conversation with this key, if it exists."""
-    kind, a, b = key
-    where = (conversations.c.kind == kind, conversations.c.a == a, conversations.c.b == b)
-    return sa.select(conversations.c.id, conversations.c.last_seq).where(*where)
+# (id, last_seq) of the conversation with a key, and a new one with it; the key's parts are
+# bound by name (conversation_params), so the message writer compiles each statement once.
+CONVERSATION_LOOKUP = sa.select(conversations.c.id, conversations.c.last_seq).where(
+    conversations.c.kind == sa.bindparam("kind"),
+    conversations.c.a == sa.bindparam("a"),
+    conversations.c.b == sa.bindparam("b"),
+)
+CONVERSATION_INSERT = conversations.insert().values(
+    kind=sa.bindparam("kind"), a=sa.bindparam("a"), b=sa.bindparam("b"), last_seq=0
+)
 
 
-def conversation_insert(key: tuple[int, int, int]) -> sa.Insert:
+def conversation_params(key: tuple[int, int, int]) -> dict[str, int]:
     kind, a, b = key
-    return conversations.insert().values(kind=kind, a=a, b=b, last_seq=0)
+    return {"kind": kind, "a": a, "b": b}
 
 
 async def ensure_conversation(conn: AsyncConnection, key: tuple[int, int, int]) -> tuple[int, int]:
     """(id, last_seq) of the conversation with this key, creating it if needed."""
-    row = (await conn.execute(conversation_lookup(key))).first()
+    params = conversation_params(key)
+    row = (await conn.execute(CONVERSATION_LOOKUP, params)).first()
     if row:
         return int(row[0]), int(row[1])
-    return new_id(await conn.execute(conversation_insert(key))), 0
+    return new_id(await conn.execute(CONVERSATION_INSERT, params)), 0
 
 
 async def set_readmark(conn: AsyncConnection, uid: int, conv_id: int, read_seq: int) -> None:
