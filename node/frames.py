@@ -11,6 +11,7 @@ import struct
 from collections.abc import Iterable
 
 FIN_TEXT = 0x81  # FIN set, opcode 1 (text)
+PING = bytes((0x89, 0))  # FIN set, opcode 9 (ping), no payload
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
