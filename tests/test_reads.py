@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from urllib.parse import urlsplit
 
 import pymysql
 import pytest
@@ -116,6 +117,29 @@ async def test_a_connection_the_database_closed_is_replaced(mysql_url):
         assert await reads.run(connection_id) != first
     finally:
         reads.close()
+
+
+async def test_each_thread_connects_as_it_starts_not_on_its_first_read(mysql_url):
+    """The threads open their connections as they start, so the first reads after a node
+    starts do not wait for them (on MariaDB 69-120 ms against 2 for the reads after)."""
+    await prepared(mysql_url)
+    name = urlsplit(mysql_url).path.lstrip("/")
+    admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", autocommit=True)
+    count = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s"
+    reads = Reads(mysql_url, threads=2)
+    try:
+        with admin.cursor() as cur:
+            for _ in range(200):  # 10 s at most
+                cur.execute(count, (name,))
+                if cur.fetchone()[0] == 2:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the two threads have not connected within 10 s of starting")
+        assert await reads.session_user("live") == 1  # on a connection it already had
+    finally:
+        reads.close()
+        admin.close()
 
 
 async def test_a_server_that_stops_answering_costs_a_read_the_timeout(mysql_url, monkeypatch):
